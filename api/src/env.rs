@@ -1,0 +1,33 @@
+//! Every `SLIPWAY_*` environment variable, in one place.
+//!
+//! Two kinds live here. Settings read by `slipway` commands through clap (`--data` or
+//! `SLIPWAY_DATA`, ...). And the contract between the git server and the hooks: git runs
+//! `slipway hook pre-receive` as a separate process, so everything the hook knows about the push
+//! arrives through these variables, set by the git server from verified facts only (never from
+//! anything the SSH client sent).
+
+/// Data directory: resources, repositories, host key, logs. Default `./slipway-data`.
+pub const DATA: &str = "SLIPWAY_DATA";
+/// Address the SSH git server listens on, e.g. `127.0.0.1:2222`.
+pub const SSH_LISTEN: &str = "SLIPWAY_SSH_LISTEN";
+/// Container registry images are pushed to (`HOST:PORT`); optional on a single host.
+pub const REGISTRY: &str = "SLIPWAY_REGISTRY";
+/// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,slipway_git_server=debug`.
+pub const LOG: &str = "SLIPWAY_LOG";
+
+/// Hook contract: the webspace being pushed to (a validated DNS label).
+pub const WEBSPACE: &str = "SLIPWAY_WEBSPACE";
+/// Hook contract: the customer that owns the webspace and whose key signed in.
+pub const CUSTOMER: &str = "SLIPWAY_CUSTOMER";
+/// Hook contract: SHA256 fingerprint of the key whose signature was verified (`SHA256:...`).
+pub const PUSHER: &str = "SLIPWAY_PUSHER";
+/// Hook contract: absolute path of the `slipway` executable the repo's hook scripts exec.
+pub const EXE: &str = "SLIPWAY_EXE";
+
+/// The only variable a client may set (through an SSH `env` request): git's wire protocol
+/// version. Ignoring it silently downgrades clients to protocol v0.
+pub const GIT_PROTOCOL: &str = "GIT_PROTOCOL";
+
+/// Variables the server passes from its own environment to git, and nothing else: git needs a
+/// `PATH` to find its helpers and a `HOME` to not complain; locale and `TZ` only shape messages.
+pub const PASSED_FROM_SERVER: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];

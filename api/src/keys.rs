@@ -1,0 +1,101 @@
+//! SSH public keys as Customers list them: parsing, strength rules, fingerprints.
+
+use ssh_key::{Algorithm, HashAlg, PublicKey};
+
+/// Smallest RSA modulus accepted. 2048 bits is the floor of current guidance (NIST SP 800-131A);
+/// OpenSSH itself refuses RSA keys below 1024 bits.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// An `sshKeys` entry that cannot be used to sign in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The line is not `TYPE BASE64 [COMMENT]` with a key OpenSSH can read.
+    #[error("ssh key #{index} does not parse as an OpenSSH public key (`ssh-ed25519 AAAA... comment`)")]
+    Unparsable {
+        /// Position in `sshKeys`, from 1.
+        index: usize,
+    },
+    /// The key type is too weak to accept.
+    #[error("ssh key #{index} is a weak key ({reason}); use an ed25519 key (`ssh-keygen -t ed25519`)")]
+    Weak {
+        /// Position in `sshKeys`, from 1.
+        index: usize,
+        /// Why it is weak.
+        reason: String,
+    },
+}
+
+/// Parses one `authorized_keys`-style line (without options) and checks it is strong enough.
+///
+/// # Errors
+/// [`KeyError::Unparsable`] for anything that is not an OpenSSH public key, [`KeyError::Weak`]
+/// for DSA keys and RSA keys under [`MIN_RSA_BITS`].
+pub fn parse_public_key(line: &str, index: usize) -> Result<PublicKey, KeyError> {
+    let key = PublicKey::from_openssh(line.trim()).map_err(|_| KeyError::Unparsable { index })?;
+    match key.algorithm() {
+        Algorithm::Dsa => Err(KeyError::Weak {
+            index,
+            reason: "DSA".into(),
+        }),
+        Algorithm::Rsa { .. } => {
+            let bits = key
+                .key_data()
+                .rsa()
+                .map(|rsa| rsa.key_size())
+                .unwrap_or(0);
+            if bits < MIN_RSA_BITS {
+                Err(KeyError::Weak {
+                    index,
+                    reason: format!("RSA with {bits} bits, fewer than {MIN_RSA_BITS}"),
+                })
+            } else {
+                Ok(key)
+            }
+        }
+        Algorithm::Other(name) => Err(KeyError::Weak {
+            index,
+            reason: format!("unknown algorithm {}", name.as_str()),
+        }),
+        _ => Ok(key),
+    }
+}
+
+/// The fingerprint Slipway uses to identify a key: `SHA256:` plus unpadded base64, as
+/// `ssh-keygen -lf` prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbfO2R8HNnKRTcsKxq2EnNjxUIU6+xPO5NZTxPa0Cb6 alice@laptop";
+
+    #[test]
+    fn ed25519_keys_parse_and_fingerprint_like_ssh_keygen() {
+        let key = parse_public_key(ED25519, 1).expect("valid key");
+        assert!(fingerprint(&key).starts_with("SHA256:"));
+        assert_eq!(fingerprint(&key).len(), "SHA256:".len() + 43);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for bad in ["", "ssh-ed25519", "ssh-ed25519 AAAA", "hello world", "ssh-ed25519 !!!!"] {
+            assert_eq!(
+                parse_public_key(bad, 3),
+                Err(KeyError::Unparsable { index: 3 }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn dsa_keys_are_weak() {
+        let dsa = "ssh-dss AAAAB3NzaC1kc3MAAACBAJ5Ir5IiVUG0bpJ3yXmTuVeE/xWtGsSQs3Xv0dhO1kH6BXvjcpS0W0MoQYoVi6Qm0Hw0Bm2qtCrbNTDAbxT25YqnBRJ7Fx7IYo7/VXdjeX2HM1cvHVw19kzQz/Q3cB2wBrzA/bxqGn1Lx9eGgWvqbPXGsRtx9YqA8lTbJSbgO3xPAAAAFQDDnMgCHn3yoq+dGB2bPZoG6i8DPQAAAIEAgpGn5yPCoRvrjLkBZQ6UbKbTaMYNHV5PPAa/nkDGsc4ahHQYvjaJLtgfiYQm9Sb47ldmTU2/j0Wn7Mu2wYQ5E0BnT4PAuDMN6WSRYpAC8JNfeHAIbX7lOhSQpqbFOEGnQfxJ8h0T4Sx4sLnvOQHEJu4tfxTiFrQKJuxUMfl7rQAAAIBdzSySFyD3zOsJNWUiltUoyVYGXG4jM8bmmU9pQjWN7D56Z6UDCT4s+ogzoM7DgIxrbNYHD2LgUqjZHe14pW4PWDX0pBAB3Ao+5XAgYcEVYGBpzdkTXNuSc2F5cqbPYD9wS+V6AAUbJmEQxdO4TZb8PAs4MdjXy5n6bOe3Li6n9w== old";
+        assert!(matches!(
+            parse_public_key(dsa, 1),
+            Err(KeyError::Weak { .. }) | Err(KeyError::Unparsable { .. })
+        ));
+    }
+}

@@ -1,0 +1,22 @@
+//! Slipway's shared vocabulary: resource types, names, and the environment contract.
+//!
+//! This crate does no I/O and nothing async: the git server, the hook, the store and the
+//! operator all agree on these definitions, and the CRDs under `deploy/crds/` are generated from
+//! them (`slipway crds`).
+
+pub mod env;
+pub mod keys;
+pub mod names;
+pub mod resources;
+
+pub use resources::{
+    Customer, CustomerSpec, Release, ReleaseSpec, ReleaseStatus, Runtime, RuntimeSpec, Webspace,
+    WebspaceSpec, WebspaceStatus,
+};
+
+/// The API group of every Slipway resource.
+pub const GROUP: &str = "slipway.dev";
+/// The API version of every Slipway resource.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in YAML.
+pub const API_VERSION: &str = "slipway.dev/v1alpha1";

@@ -1,0 +1,386 @@
+//! The four resource kinds: Customer, Webspace, Runtime, Release.
+//!
+//! Defined once here with `kube::CustomResource`; the CRDs in `deploy/crds/` and the YAML files of
+//! the single-host data directory are both this shape. Doc comments become `kubectl explain`.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{self, KeyError};
+use crate::names::{self, InvalidName};
+
+/// A customer: who may push, identified only by their SSH keys.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "slipway.dev",
+    version = "v1alpha1",
+    kind = "Customer",
+    shortname = "cust",
+    printcolumn = r#"{"name":"Email","type":"string","jsonPath":".spec.email"}"#,
+    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keys"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    status = "CustomerStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerSpec {
+    /// Contact address of the customer.
+    pub email: String,
+    /// Human-readable name, shown in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA... comment`), one per entry, as in
+    /// `authorized_keys` without options. A key whose signature the server verifies identifies
+    /// this customer. DSA and RSA keys under 2048 bits are refused.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+}
+
+/// Observed state of a Customer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerStatus {
+    /// Number of usable keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u32>,
+}
+
+/// A webspace: one git repository (`<name>.git`) and the apps built from its branches.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "slipway.dev",
+    version = "v1alpha1",
+    kind = "Webspace",
+    shortname = "ws",
+    status = "WebspaceStatus",
+    printcolumn = r#"{"name":"Customer","type":"string","jsonPath":".spec.customer"}"#,
+    printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebspaceSpec {
+    /// Name of the Customer that owns this webspace; only their keys may push and clone.
+    pub customer: String,
+    /// Name of the Runtime whose Dockerfile template builds a repo without a `Dockerfile`.
+    /// Optional when the repo has its own `Dockerfile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Instances per branch. Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: i32,
+    /// Port the app listens on (also passed as `PORT`). Default: the Runtime's port, else 8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Branch served on the webspace's own host and `domains`. Default `main`.
+    #[serde(default = "default_production_branch")]
+    pub production_branch: String,
+    /// Extra host names that serve the production branch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// Environment variables given to the app (besides `PORT`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Whether non-production branches get preview hosts. Default true.
+    #[serde(default = "default_previews")]
+    pub previews: bool,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_production_branch() -> String {
+    "main".to_owned()
+}
+fn default_previews() -> bool {
+    true
+}
+
+/// Observed state of a Webspace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebspaceStatus {
+    /// `Pending`, `Ready`, `Degraded` or `Failed`, summarising the branches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// URL of the production branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// One entry per deployed branch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<BranchStatus>,
+    /// The last error, if the last reconcile failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What runs for one branch.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchStatus {
+    /// Branch name as pushed.
+    pub branch: String,
+    /// URL the branch is served on.
+    pub url: String,
+    /// Name of the Release serving it.
+    pub release: String,
+    /// Image reference serving it.
+    pub image: String,
+    /// Instances answering their health check.
+    pub ready_replicas: i32,
+}
+
+/// A runtime: how to build a repo that has no `Dockerfile`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "slipway.dev",
+    version = "v1alpha1",
+    kind = "Runtime",
+    shortname = "rt",
+    printcolumn = r#"{"name":"Base image","type":"string","jsonPath":".spec.baseImage"}"#,
+    printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".spec.port"}"#,
+    printcolumn = r#"{"name":"Description","type":"string","jsonPath":".spec.description"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// Handlebars template of the Dockerfile, rendered in strict mode with `baseImage`, `port`,
+    /// `webspace` and `branch`.
+    pub dockerfile_template: String,
+    /// Base image the template builds from (`{{baseImage}}`).
+    pub base_image: String,
+    /// Port the built app listens on. Default 8080.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// One line about the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+/// A release: one build of one branch of a webspace. Written by the pre-receive hook.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "slipway.dev",
+    version = "v1alpha1",
+    kind = "Release",
+    shortname = "rel",
+    status = "ReleaseStatus",
+    printcolumn = r#"{"name":"Webspace","type":"string","jsonPath":".spec.webspace"}"#,
+    printcolumn = r#"{"name":"Branch","type":"string","jsonPath":".spec.branch"}"#,
+    printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".spec.commit"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSpec {
+    /// Webspace the release belongs to.
+    pub webspace: String,
+    /// Branch that was pushed, as pushed (not the DNS label).
+    pub branch: String,
+    /// Commit id that was pushed.
+    pub commit: String,
+    /// Tree id of that commit; the image tag.
+    pub tree: String,
+    /// Image reference, with `@sha256:...` digest when it was pushed to a registry.
+    pub image: String,
+    /// SHA256 fingerprint of the key that pushed.
+    pub pusher: String,
+}
+
+/// Observed state of a Release.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    /// `Staged`, `Live`, `Failed` or `Superseded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A resource that does not pass validation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// `metadata.name` or a referenced name is not a DNS label.
+    #[error("{field}: {source}")]
+    Name {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        #[source]
+        source: InvalidName,
+    },
+    /// An SSH key is unusable.
+    #[error("spec.sshKeys: {0}")]
+    Key(#[from] KeyError),
+    /// Any other field.
+    #[error("{field}: {reason}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn name_field(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    names::validate_label(value).map_err(|source| ValidationError::Name { field, source })
+}
+
+fn metadata_name(name: Option<&str>) -> Result<(), ValidationError> {
+    name_field("metadata.name", name.unwrap_or_default())
+}
+
+/// Checks that go beyond the schema: names are DNS labels, keys parse and are strong.
+pub trait Validate {
+    /// # Errors
+    /// The first problem found.
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+impl Validate for Customer {
+    fn validate(&self) -> Result<(), ValidationError> {
+        metadata_name(self.metadata.name.as_deref())?;
+        if !self.spec.email.contains('@') {
+            return Err(ValidationError::Field {
+                field: "spec.email",
+                reason: "not an email address".into(),
+            });
+        }
+        for (index, line) in self.spec.ssh_keys.iter().enumerate() {
+            keys::parse_public_key(line, index + 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Webspace {
+    fn validate(&self) -> Result<(), ValidationError> {
+        metadata_name(self.metadata.name.as_deref())?;
+        name_field("spec.customer", &self.spec.customer)?;
+        if let Some(runtime) = &self.spec.runtime {
+            name_field("spec.runtime", runtime)?;
+        }
+        if !(0..=100).contains(&self.spec.replicas) {
+            return Err(ValidationError::Field {
+                field: "spec.replicas",
+                reason: "must be between 0 and 100".into(),
+            });
+        }
+        if self.spec.port == Some(0) {
+            return Err(ValidationError::Field {
+                field: "spec.port",
+                reason: "must be between 1 and 65535".into(),
+            });
+        }
+        let branch = &self.spec.production_branch;
+        if branch.is_empty()
+            || branch.starts_with('-')
+            || branch.contains("..")
+            || branch.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+        {
+            return Err(ValidationError::Field {
+                field: "spec.productionBranch",
+                reason: format!("`{}` is not a valid branch name", branch.escape_default()),
+            });
+        }
+        for domain in &self.spec.domains {
+            names::validate_domain(domain).map_err(|source| ValidationError::Name {
+                field: "spec.domains",
+                source,
+            })?;
+        }
+        for name in self.spec.env.keys() {
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(ValidationError::Field {
+                    field: "spec.env",
+                    reason: format!("`{}` is not a valid variable name", name.escape_default()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Runtime {
+    fn validate(&self) -> Result<(), ValidationError> {
+        metadata_name(self.metadata.name.as_deref())?;
+        if self.spec.base_image.trim().is_empty() {
+            return Err(ValidationError::Field {
+                field: "spec.baseImage",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Release {
+    fn validate(&self) -> Result<(), ValidationError> {
+        metadata_name(self.metadata.name.as_deref())?;
+        name_field("spec.webspace", &self.spec.webspace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn customer(yaml: &str) -> Customer {
+        serde_yaml::from_str(yaml).expect("test YAML parses")
+    }
+
+    #[test]
+    fn customer_yaml_round_trips_in_camel_case() {
+        let c = customer(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata: {name: alice}\nspec:\n  email: a@example.com\n  displayName: Alice\n  sshKeys: []\n",
+        );
+        assert_eq!(c.spec.display_name.as_deref(), Some("Alice"));
+        let out = serde_yaml::to_string(&c).expect("serializes");
+        assert!(out.contains("displayName: Alice"), "{out}");
+        assert!(out.contains("sshKeys"), "{out}");
+    }
+
+    #[test]
+    fn validation_rejects_bad_names_and_keys() {
+        let mut c = customer(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata: {name: Alice}\nspec: {email: a@example.com}\n",
+        );
+        assert!(matches!(c.validate(), Err(ValidationError::Name { .. })));
+        c.metadata.name = Some("alice".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.spec.ssh_keys.push("ssh-rsa nonsense".into());
+        assert!(matches!(c.validate(), Err(ValidationError::Key(_))));
+    }
+
+    #[test]
+    fn webspace_defaults_apply() {
+        let w: Webspace = serde_yaml::from_str(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata: {name: blog}\nspec: {customer: alice}\n",
+        )
+        .expect("parses");
+        assert_eq!(w.spec.production_branch, "main");
+        assert_eq!(w.spec.replicas, 1);
+        assert!(w.spec.previews);
+        assert_eq!(w.validate(), Ok(()));
+    }
+
+    #[test]
+    fn crds_are_cluster_scoped_with_short_names() {
+        for crd in [Customer::crd(), Webspace::crd(), Runtime::crd(), Release::crd()] {
+            assert_eq!(crd.spec.scope, "Cluster");
+            assert_eq!(crd.spec.group, crate::GROUP);
+            assert!(crd.spec.names.short_names.is_some_and(|s| !s.is_empty()));
+        }
+    }
+}
