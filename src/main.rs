@@ -1,1 +1,291 @@
-fn main() {}
+//! `slipway`: a thin command-line front to the library crates.
+
+mod hook;
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use slipway_api::env;
+use slipway_store::{DirectoryStore, Format, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// git push to deploy: an SSH git host that builds and runs what you push.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything on this host: the SSH git server (builds, operator and router follow).
+    Up(ServerArgs),
+    /// Run only the SSH git server.
+    GitServer(ServerArgs),
+    /// Create or update resources from YAML (multi-document; `-` reads stdin).
+    Apply(ApplyArgs),
+    /// Show resources as a table, YAML or JSON.
+    Get(GetArgs),
+    /// Delete a resource.
+    Delete(DeleteArgs),
+    /// Print the CustomResourceDefinitions, or write them to a directory.
+    Crds(CrdsArgs),
+    /// Run a git hook (invoked by the repositories' hook scripts, not by people).
+    Hook(hook::HookArgs),
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// Data directory: resources, repositories, host key.
+    #[arg(long, env = env::DATA, default_value = "./slipway-data")]
+    data: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Address the SSH git server listens on.
+    #[arg(long, env = env::SSH_LISTEN, default_value = "127.0.0.1:2222")]
+    ssh_listen: SocketAddr,
+    /// Registry images are pushed to (`HOST:PORT`); without one images stay on the local engine.
+    #[arg(long, env = env::REGISTRY)]
+    registry: Option<String>,
+    /// Seconds in-flight pushes get to finish after SIGTERM/SIGINT before they are killed.
+    #[arg(long, default_value_t = 60)]
+    shutdown_grace: u64,
+    /// Seconds a push waits for an earlier push to the same webspace.
+    #[arg(long, default_value_t = 1200)]
+    push_wait: u64,
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// File to read, or `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// customers (cust), webspaces (ws), runtimes (rt) or releases (rel).
+    kind: String,
+    /// Show only this one.
+    name: Option<String>,
+    /// Output format instead of the table.
+    #[arg(short, long)]
+    output: Option<Output>,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// customer, webspace, runtime or release.
+    kind: String,
+    /// Name of the resource.
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Hook(args) = cli.command {
+        // Hooks talk to the pusher through stderr; their exit code is the verdict.
+        return hook::run(args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env(env::LOG)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) | Command::GitServer(args) => serve(args).await,
+        Command::Apply(args) => apply(args).await,
+        Command::Get(args) => get(args).await,
+        Command::Delete(args) => delete(args).await,
+        Command::Crds(args) => crds(args),
+        Command::Hook(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
+    DirectoryStore::open(data).with_context(|| format!("cannot open data directory {}", data.display()))
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let data = std::path::absolute(&args.data.data).context("cannot resolve --data")?;
+    let store = open_store(&data)?;
+    let key = slipway_git_server::host_key::load_or_create(&data)?;
+    let listener = TcpListener::bind(args.ssh_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.ssh_listen))?;
+    let address = listener.local_addr()?;
+    let environment: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(name, _)| env::PASSED_FROM_SERVER.iter().any(|p| name == *p))
+        .collect();
+    let config = slipway_git_server::Config {
+        data: data.clone(),
+        exe: std::env::current_exe().context("cannot find the slipway executable")?,
+        registry: args.registry,
+        environment,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        push_wait: Duration::from_secs(args.push_wait),
+    };
+    println!(
+        "slipway git server listening on {address}\n  host key {}\n  data {}\n  push with: git push ssh://git@{address}/WEBSPACE.git main",
+        slipway_git_server::host_key::fingerprint(&key),
+        data.display()
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let drain = slipway_git_server::run(listener, config, store, shutdown).await?;
+    if drain.finished {
+        println!("slipway: stopped; every running push finished");
+    } else {
+        println!("slipway: stopped; pushes still running after the grace period were killed");
+    }
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("signal received; shutting down");
+    shutdown.cancel();
+}
+
+async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let text = if args.file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let store = open_store(&args.data.data)?;
+    for applied in slipway_store::apply_documents(&store, &text).await? {
+        println!("{applied}");
+    }
+    Ok(())
+}
+
+fn kind(word: &str) -> anyhow::Result<slipway_store::TableKind> {
+    match slipway_store::kind_of(word) {
+        Some(kind) => Ok(kind),
+        None => bail!(
+            "unknown kind `{}`; use customers, webspaces, runtimes or releases",
+            word.escape_default()
+        ),
+    }
+}
+
+async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.data.data)?;
+    let format = match args.output {
+        None => Format::Table,
+        Some(Output::Yaml) => Format::Yaml,
+        Some(Output::Json) => Format::Json,
+    };
+    let text = slipway_store::show(&store, kind(&args.kind)?, args.name.as_deref(), format).await?;
+    print!("{text}");
+    Ok(())
+}
+
+async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    use slipway_api::{Customer, Release, Runtime, Webspace};
+    use slipway_store::TableKind;
+    let store = open_store(&args.data.data)?;
+    let kind = kind(&args.kind)?;
+    let existed = match kind {
+        TableKind::Customer => store.delete::<Customer>(&args.name).await?,
+        TableKind::Webspace => store.delete::<Webspace>(&args.name).await?,
+        TableKind::Runtime => store.delete::<Runtime>(&args.name).await?,
+        TableKind::Release => store.delete::<Release>(&args.name).await?,
+    };
+    let label = format!("{kind:?}").to_ascii_lowercase();
+    if !existed {
+        bail!("{label} `{}` not found", args.name.escape_default());
+    }
+    println!("{label}.{}/{} deleted", slipway_api::GROUP, args.name);
+    Ok(())
+}
+
+fn crds(args: CrdsArgs) -> anyhow::Result<()> {
+    let documents = slipway_api::crds::documents();
+    match args.write {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, yaml) in documents {
+                let path = dir.join(&file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+        None => {
+            for (_, yaml) in documents {
+                print!("---\n{yaml}");
+            }
+        }
+    }
+    Ok(())
+}

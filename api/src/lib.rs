@@ -4,6 +4,7 @@
 //! operator all agree on these definitions, and the CRDs under `deploy/crds/` are generated from
 //! them (`slipway crds`).
 
+pub mod crds;
 pub mod env;
 pub mod keys;
 pub mod names;
