@@ -1,0 +1,1 @@
+//! Default Runtimes and Dockerfile rendering (being written).
