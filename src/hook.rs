@@ -43,7 +43,8 @@ pub fn run(args: HookArgs) -> ExitCode {
             return ExitCode::FAILURE;
         };
         let mut fields = line.split(' ');
-        let (Some(_old), Some(new), Some(reference)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_old), Some(new), Some(reference)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             eprintln!("error: malformed ref update from git");
             return ExitCode::FAILURE;

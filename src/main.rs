@@ -154,11 +154,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
-    DirectoryStore::open(data).with_context(|| format!("cannot open data directory {}", data.display()))
+    DirectoryStore::open(data)
+        .with_context(|| format!("cannot open data directory {}", data.display()))
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data = std::path::absolute(&args.data.data).context("cannot resolve --data")?;
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone())?;
     let store = open_store(&data)?;
     let key = slipway_git_server::host_key::load_or_create(&data)?;
     let listener = TcpListener::bind(args.ssh_listen)
@@ -176,38 +179,44 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         push_wait: Duration::from_secs(args.push_wait),
     };
-    println!(
+    say(&format!(
         "slipway git server listening on {address}\n  host key {}\n  data {}\n  push with: git push ssh://git@{address}/WEBSPACE.git main",
         slipway_git_server::host_key::fingerprint(&key),
         data.display()
-    );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    ));
     let drain = slipway_git_server::run(listener, config, store, shutdown).await?;
     if drain.finished {
-        println!("slipway: stopped; every running push finished");
+        say("slipway: stopped; every running push finished");
     } else {
-        println!("slipway: stopped; pushes still running after the grace period were killed");
+        say("slipway: stopped; pushes still running after the grace period were killed");
     }
     Ok(())
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn signals(shutdown: CancellationToken) {
+/// Prints a status line for whoever started the server. A closed stdout (a supervisor that
+/// stopped reading) must never take the server down, so write errors are ignored.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+    let _ = stdout.flush();
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT. The handlers are installed before this
+/// returns, so a signal sent as soon as the server announced itself is never lost.
+fn on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    tracing::info!("signal received; shutting down");
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("signal received; shutting down");
+        shutdown.cancel();
+    });
+    Ok(())
 }
 
 async fn apply(args: ApplyArgs) -> anyhow::Result<()> {

@@ -7,14 +7,19 @@ use crate::{Customer, Release, Runtime, Webspace};
 
 /// Every CRD as `(file name, YAML)`, in a stable order.
 pub fn documents() -> Vec<(String, String)> {
-    [Customer::crd(), Webspace::crd(), Runtime::crd(), Release::crd()]
-        .into_iter()
-        .map(|crd| {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
-            (format!("{name}.yaml"), yaml)
-        })
-        .collect()
+    [
+        Customer::crd(),
+        Webspace::crd(),
+        Runtime::crd(),
+        Release::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+        (format!("{name}.yaml"), yaml)
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -10,13 +10,17 @@ pub const MIN_RSA_BITS: u32 = 2048;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// The line is not `TYPE BASE64 [COMMENT]` with a key OpenSSH can read.
-    #[error("ssh key #{index} does not parse as an OpenSSH public key (`ssh-ed25519 AAAA... comment`)")]
+    #[error(
+        "ssh key #{index} does not parse as an OpenSSH public key (`ssh-ed25519 AAAA... comment`)"
+    )]
     Unparsable {
         /// Position in `sshKeys`, from 1.
         index: usize,
     },
     /// The key type is too weak to accept.
-    #[error("ssh key #{index} is a weak key ({reason}); use an ed25519 key (`ssh-keygen -t ed25519`)")]
+    #[error(
+        "ssh key #{index} is a weak key ({reason}); use an ed25519 key (`ssh-keygen -t ed25519`)"
+    )]
     Weak {
         /// Position in `sshKeys`, from 1.
         index: usize,
@@ -38,11 +42,7 @@ pub fn parse_public_key(line: &str, index: usize) -> Result<PublicKey, KeyError>
             reason: "DSA".into(),
         }),
         Algorithm::Rsa { .. } => {
-            let bits = key
-                .key_data()
-                .rsa()
-                .map(|rsa| rsa.key_size())
-                .unwrap_or(0);
+            let bits = key.key_data().rsa().map(|rsa| rsa.key_size()).unwrap_or(0);
             if bits < MIN_RSA_BITS {
                 Err(KeyError::Weak {
                     index,
@@ -81,7 +81,13 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for bad in ["", "ssh-ed25519", "ssh-ed25519 AAAA", "hello world", "ssh-ed25519 !!!!"] {
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-ed25519 AAAA",
+            "hello world",
+            "ssh-ed25519 !!!!",
+        ] {
             assert_eq!(
                 parse_public_key(bad, 3),
                 Err(KeyError::Unparsable { index: 3 }),

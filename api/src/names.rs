@@ -147,7 +147,14 @@ mod tests {
 
     #[test]
     fn repository_arguments_map_to_webspaces() {
-        for ok in ["blog", "blog.git", "/blog.git", "~/blog.git", "/blog", "~/blog"] {
+        for ok in [
+            "blog",
+            "blog.git",
+            "/blog.git",
+            "~/blog.git",
+            "/blog",
+            "~/blog",
+        ] {
             assert_eq!(webspace_from_repository(ok).as_deref(), Ok("blog"), "{ok}");
         }
     }

@@ -284,7 +284,9 @@ impl Validate for Webspace {
         if branch.is_empty()
             || branch.starts_with('-')
             || branch.contains("..")
-            || branch.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+            || branch
+                .chars()
+                .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
         {
             return Err(ValidationError::Field {
                 field: "spec.productionBranch",
@@ -298,7 +300,10 @@ impl Validate for Webspace {
             })?;
         }
         for name in self.spec.env.keys() {
-            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(ValidationError::Field {
@@ -377,7 +382,12 @@ mod tests {
 
     #[test]
     fn crds_are_cluster_scoped_with_short_names() {
-        for crd in [Customer::crd(), Webspace::crd(), Runtime::crd(), Release::crd()] {
+        for crd in [
+            Customer::crd(),
+            Webspace::crd(),
+            Runtime::crd(),
+            Release::crd(),
+        ] {
             assert_eq!(crd.spec.scope, "Cluster");
             assert_eq!(crd.spec.group, crate::GROUP);
             assert!(crd.spec.names.short_names.is_some_and(|s| !s.is_empty()));

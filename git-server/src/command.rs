@@ -115,8 +115,14 @@ mod tests {
         ] {
             assert_eq!(ok(c), push, "{c}");
         }
-        assert_eq!(ok("git-upload-pack '/blog.git'").service, Service::UploadPack);
-        assert_eq!(ok("git upload-pack 'blog.git'").service, Service::UploadPack);
+        assert_eq!(
+            ok("git-upload-pack '/blog.git'").service,
+            Service::UploadPack
+        );
+        assert_eq!(
+            ok("git upload-pack 'blog.git'").service,
+            Service::UploadPack
+        );
     }
 
     #[test]

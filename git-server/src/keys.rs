@@ -149,7 +149,8 @@ mod tests {
     use super::*;
     use slipway_api::CustomerSpec;
 
-    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbfO2R8HNnKRTcsKxq2EnNjxUIU6+xPO5NZTxPa0Cb6 a";
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbfO2R8HNnKRTcsKxq2EnNjxUIU6+xPO5NZTxPa0Cb6 a";
 
     fn customer(name: &str, keys: &[&str]) -> Customer {
         Customer::new(

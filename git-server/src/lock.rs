@@ -43,7 +43,10 @@ mod tests {
         let locks = PushLocks::default();
         let blog = locks.try_acquire("blog").expect("free");
         assert!(locks.try_acquire("blog").is_none(), "held");
-        assert!(locks.try_acquire("shop").is_some(), "other webspaces are free");
+        assert!(
+            locks.try_acquire("shop").is_some(),
+            "other webspaces are free"
+        );
         drop(blog);
         assert!(locks.try_acquire("blog").is_some(), "released");
     }

@@ -70,19 +70,23 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
-    let group = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
     let (mut from_client, to_client) = channel.split();
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
 
     let input = async move {
-        if let Some(stdin) = stdin.as_mut() {
-            let _ = tokio::io::copy(&mut from_client.make_reader(), stdin).await;
-            let _ = stdin.shutdown().await;
+        if let Some(mut pipe) = stdin.take() {
+            let _ = tokio::io::copy(&mut from_client.make_reader(), &mut pipe).await;
+            // Dropping (not `shutdown`) closes the pipe: git sees EOF when the client sent it.
+            // Protocol v2's upload-pack serves requests until that EOF.
+            drop(pipe);
         }
-        // Keep the read half alive until the output is done: dropping it would not close the
-        // channel, but keeping it makes the ownership obvious.
+        // The output side decides when the command is over.
         std::future::pending::<()>().await;
     };
     let mut data = to_client.make_writer();

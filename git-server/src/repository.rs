@@ -189,7 +189,9 @@ mod tests {
     #[tokio::test]
     async fn created_bare_with_hooks_and_hardened_config() {
         let data = tempfile::tempdir().expect("tempdir");
-        let repo = open_or_create(data.path(), "blog", &path_only()).await.expect("created");
+        let repo = open_or_create(data.path(), "blog", &path_only())
+            .await
+            .expect("created");
         assert_eq!(repo, data.path().join("repos/blog.git"));
         assert!(repo.join("HEAD").is_file());
         let config = fs::read_to_string(repo.join("config")).expect("config");
@@ -204,7 +206,9 @@ mod tests {
                 .contains("hook pre-receive")
         );
         // Opening again keeps the repository and leaves no staging directories behind.
-        open_or_create(data.path(), "blog", &path_only()).await.expect("reopened");
+        open_or_create(data.path(), "blog", &path_only())
+            .await
+            .expect("reopened");
         let entries: Vec<_> = fs::read_dir(data.path().join("repos"))
             .expect("repos")
             .flatten()

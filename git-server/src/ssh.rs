@@ -422,7 +422,11 @@ impl<S: Store> Handler for Connection<S> {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let _ = session.channel_success(channel);
-        self.refuse_channel(session, channel, "subsystems (sftp, ...) are not offered here");
+        self.refuse_channel(
+            session,
+            channel,
+            "subsystems (sftp, ...) are not offered here",
+        );
         Ok(())
     }
 
@@ -502,7 +506,11 @@ impl<S: Store> Handler for Connection<S> {
             .get(&channel)
             .is_some_and(|pending| pending.pty_requested)
         {
-            self.refuse_channel(session, channel, "interactive terminals are not offered here");
+            self.refuse_channel(
+                session,
+                channel,
+                "interactive terminals are not offered here",
+            );
             return Ok(());
         }
         let Some(identity) = self.identity.clone() else {
@@ -576,7 +584,11 @@ async fn execute<S: Store>(
         Ok(webspace) => webspace,
         Err(error) => {
             tracing::error!(error = %error, "cannot read the webspace");
-            fail("the server cannot read its configuration; try again later", None).await;
+            fail(
+                "the server cannot read its configuration; try again later",
+                None,
+            )
+            .await;
             return;
         }
     };
@@ -617,6 +629,9 @@ async fn execute<S: Store>(
     } else {
         None
     };
+    if _guard.is_some() {
+        tracing::info!("push lock acquired");
+    }
     let repository = match repository::open_or_create(
         &shared.config.data,
         &command.webspace,
@@ -627,7 +642,11 @@ async fn execute<S: Store>(
         Ok(path) => path,
         Err(error) => {
             tracing::error!(error = %error, "cannot prepare the repository");
-            fail("the server cannot prepare the repository; try again later", None).await;
+            fail(
+                "the server cannot prepare the repository; try again later",
+                None,
+            )
+            .await;
             return;
         }
     };

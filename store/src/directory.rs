@@ -63,22 +63,23 @@ impl DirectoryStore {
         }
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let sender = changes.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if event.kind.is_access() {
-                return;
-            }
-            for path in &event.paths {
-                if let Some(change) = change_for(path) {
-                    // No receiver is not an error: nobody is watching yet.
-                    let _ = sender.send(change);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if event.kind.is_access() {
+                    return;
                 }
-            }
-        })
-        .map_err(|source| StoreError::Watch {
-            path: root.display().to_string(),
-            source,
-        })?;
+                for path in &event.paths {
+                    if let Some(change) = change_for(path) {
+                        // No receiver is not an error: nobody is watching yet.
+                        let _ = sender.send(change);
+                    }
+                }
+            })
+            .map_err(|source| StoreError::Watch {
+                path: root.display().to_string(),
+                source,
+            })?;
         watcher
             .watch(&root, RecursiveMode::Recursive)
             .map_err(|source| StoreError::Watch {
@@ -252,7 +253,12 @@ mod tests {
         assert!(got.metadata.creation_timestamp.is_some());
         assert_eq!(store.list::<Customer>().await.expect("list").len(), 1);
         assert!(store.delete::<Customer>("alice").await.expect("delete"));
-        assert!(!store.delete::<Customer>("alice").await.expect("delete again"));
+        assert!(
+            !store
+                .delete::<Customer>("alice")
+                .await
+                .expect("delete again")
+        );
         assert!(store.get::<Customer>("alice").await.expect("get").is_none());
     }
 

@@ -55,7 +55,13 @@ impl std::fmt::Display for Applied {
             Outcome::Created => "created",
             Outcome::Configured => "configured",
         };
-        write!(f, "{}.{}/{} {outcome}", self.kind, slipway_api::GROUP, self.name)
+        write!(
+            f,
+            "{}.{}/{} {outcome}",
+            self.kind,
+            slipway_api::GROUP,
+            self.name
+        )
     }
 }
 
@@ -72,7 +78,9 @@ pub enum ApplyError {
         source: serde_yaml::Error,
     },
     /// `apiVersion`/`kind` is not one of Slipway's.
-    #[error("document {index}: unknown apiVersion/kind `{api_version}`/`{kind}` (expected {API_VERSION} Customer, Webspace, Runtime or Release)")]
+    #[error(
+        "document {index}: unknown apiVersion/kind `{api_version}`/`{kind}` (expected {API_VERSION} Customer, Webspace, Runtime or Release)"
+    )]
     UnknownKind {
         /// Position in the input, from 1.
         index: usize,
@@ -204,16 +212,25 @@ mod tests {
         let data = tempfile::tempdir().expect("tempdir");
         let store = DirectoryStore::open(data.path()).expect("opens");
         let good = "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata: {name: alice}\nspec: {email: a@example.com}\n---\napiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata: {name: blog}\nspec: {customer: alice}\n";
-        let bad = format!("{good}---\napiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata: {{name: Bad_Name}}\nspec: {{customer: alice}}\n");
+        let bad = format!(
+            "{good}---\napiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata: {{name: Bad_Name}}\nspec: {{customer: alice}}\n"
+        );
         let err = apply_documents(&store, &bad).await.expect_err("invalid");
-        assert!(err.to_string().starts_with("document 3: Webspace `Bad_Name`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("document 3: Webspace `Bad_Name`"),
+            "{err}"
+        );
         assert!(store.list::<Customer>().await.expect("list").is_empty());
 
         let applied = apply_documents(&store, good).await.expect("applies");
         let lines: Vec<String> = applied.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,
-            ["customer.slipway.dev/alice created", "webspace.slipway.dev/blog created"]
+            [
+                "customer.slipway.dev/alice created",
+                "webspace.slipway.dev/blog created"
+            ]
         );
         let again = apply_documents(&store, good).await.expect("applies");
         assert_eq!(again[0].outcome, Outcome::Configured);

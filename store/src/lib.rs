@@ -97,7 +97,10 @@ pub enum StoreError {
 /// is announced on [`Store::changes`] shortly after it happens, without polling.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The resource of kind `K` named `name`, if it exists.
-    fn get<K: Kind>(&self, name: &str) -> impl Future<Output = Result<Option<K>, StoreError>> + Send;
+    fn get<K: Kind>(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<K>, StoreError>> + Send;
     /// Every resource of kind `K`, sorted by name.
     fn list<K: Kind>(&self) -> impl Future<Output = Result<Vec<K>, StoreError>> + Send;
     /// Creates or replaces the resource; returns whether it existed before.

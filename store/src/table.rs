@@ -181,11 +181,15 @@ mod tests {
         let out = table::<Webspace>(&[ws], now);
         let mut lines = out.lines();
         assert_eq!(
-            lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()),
+            lines
+                .next()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>()),
             Some(vec!["NAME", "CUSTOMER", "RUNTIME", "URL", "PHASE", "AGE"])
         );
         assert_eq!(
-            lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()),
+            lines
+                .next()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>()),
             Some(vec![
                 "blog",
                 "alice",
