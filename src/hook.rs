@@ -1,21 +1,21 @@
 //! `slipway hook pre-receive|post-receive`: run by git inside a push, configured only through
-//! the SLIPWAY_* environment the git server sets.
-//!
-//! Building on push is the next step of the project; until then the hooks accept every push and
-//! report what they received, so the environment contract is exercised end to end.
+//! the SLIPWAY_* environment the git server sets (and git's own hook environment).
 
-use std::io::BufRead;
+use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use slipway_api::env;
+use slipway_hook::report::Reporter;
 
 /// Which hook git is running.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Which {
-    /// Before refs move: decides whether the push is accepted.
+    /// Before refs move: builds, and decides whether the push is accepted.
     PreReceive,
-    /// After refs moved.
+    /// After refs moved: promotes what was staged.
     PostReceive,
 }
 
@@ -23,6 +23,9 @@ pub enum Which {
 pub struct HookArgs {
     /// The hook to run.
     which: Which,
+    /// Data directory.
+    #[arg(long, env = env::DATA)]
+    data: PathBuf,
     /// Webspace pushed to.
     #[arg(long, env = env::WEBSPACE)]
     webspace: String,
@@ -32,40 +35,57 @@ pub struct HookArgs {
     /// Fingerprint of the key that pushed.
     #[arg(long, env = env::PUSHER)]
     pusher: String,
+    /// Registry to push images to.
+    #[arg(long, env = env::REGISTRY)]
+    registry: Option<String>,
+    /// The repository (git runs hooks inside it).
+    #[arg(long, env = env::GIT_DIR, default_value = ".")]
+    git_dir: PathBuf,
+    /// git's quarantine directory holding the pushed objects.
+    #[arg(long, env = env::GIT_QUARANTINE_PATH)]
+    quarantine: Option<PathBuf>,
+    /// Builds running at once on this host.
+    #[arg(long, env = env::MAX_BUILDS, default_value_t = 2)]
+    max_builds: usize,
+    /// Seconds a build may take.
+    #[arg(long, env = env::BUILD_TIMEOUT, default_value_t = 900)]
+    build_timeout: u64,
 }
 
-/// Reads git's `old new ref` lines from stdin and reports them.
+/// Reads git's `old new ref` lines from stdin and runs the hook; the exit code is the verdict.
 pub fn run(args: HookArgs) -> ExitCode {
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else {
-            eprintln!("error: cannot read the pushed refs");
-            return ExitCode::FAILURE;
-        };
-        let mut fields = line.split(' ');
-        let (Some(_old), Some(new), Some(reference)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            eprintln!("error: malformed ref update from git");
-            return ExitCode::FAILURE;
-        };
-        let short = new.get(..7).unwrap_or(new);
-        match args.which {
-            Which::PreReceive => eprintln!(
-                "slipway: `{}` received {} for `{}` from `{}` (key {}); building on push is not enabled yet",
-                reference.escape_debug(),
-                short,
-                args.webspace,
-                args.customer,
-                args.pusher
-            ),
-            Which::PostReceive => eprintln!(
-                "slipway: `{}` of `{}` is now at {}",
-                reference.escape_debug(),
-                args.webspace,
-                short
-            ),
-        }
+    let reporter = Reporter::new(Some(args.data.join("logs").join("hooks.log")));
+    let mut input = String::new();
+    if std::io::stdin().read_to_string(&mut input).is_err() {
+        reporter.error("cannot read the pushed refs", None);
+        return ExitCode::FAILURE;
     }
-    ExitCode::SUCCESS
+    let config = slipway_hook::Config {
+        data: args.data,
+        webspace: args.webspace,
+        customer: args.customer,
+        pusher: args.pusher,
+        registry: args.registry.filter(|r| !r.is_empty()),
+        git_dir: args.git_dir,
+        quarantine: args.quarantine,
+        max_builds: args.max_builds,
+        limits: slipway_hook::build::Limits {
+            timeout: Duration::from_secs(args.build_timeout),
+            ..Default::default()
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            reporter.failure("the server cannot run the hook", &error);
+            return ExitCode::FAILURE;
+        }
+    };
+    let accepted = runtime.block_on(async {
+        match args.which {
+            Which::PreReceive => slipway_hook::pre_receive(&config, &input, &reporter).await,
+            Which::PostReceive => slipway_hook::post_receive(&config, &input, &reporter).await,
+        }
+    });
+    if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

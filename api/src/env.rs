@@ -24,10 +24,34 @@ pub const PUSHER: &str = "SLIPWAY_PUSHER";
 /// Hook contract: absolute path of the `slipway` executable the repo's hook scripts exec.
 pub const EXE: &str = "SLIPWAY_EXE";
 
+/// Hook setting: builds running at once on this host, across pushes (default 2).
+pub const MAX_BUILDS: &str = "SLIPWAY_MAX_BUILDS";
+/// Hook setting: seconds a build may take (default 900).
+pub const BUILD_TIMEOUT: &str = "SLIPWAY_BUILD_TIMEOUT";
+
+/// Set by git for hooks: the repository.
+pub const GIT_DIR: &str = "GIT_DIR";
+/// Set by git for pre-receive: where the pushed objects wait until the hook accepts.
+pub const GIT_QUARANTINE_PATH: &str = "GIT_QUARANTINE_PATH";
+
 /// The only variable a client may set (through an SSH `env` request): git's wire protocol
 /// version. Ignoring it silently downgrades clients to protocol v0.
 pub const GIT_PROTOCOL: &str = "GIT_PROTOCOL";
 
-/// Variables the server passes from its own environment to git, and nothing else: git needs a
-/// `PATH` to find its helpers and a `HOME` to not complain; locale and `TZ` only shape messages.
-pub const PASSED_FROM_SERVER: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+/// Variables the server passes from its own environment to git and its hooks, and nothing
+/// else: git needs a `PATH` to find its helpers and a `HOME` to not complain; locale and `TZ`
+/// only shape messages; the `DOCKER_*` ones tell the hook where the engine and its registry
+/// credentials are; the hook settings above let an operator tune builds.
+pub const PASSED_FROM_SERVER: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    MAX_BUILDS,
+    BUILD_TIMEOUT,
+];

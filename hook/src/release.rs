@@ -1,0 +1,115 @@
+//! Release records: staged by pre-receive, promoted by post-receive.
+
+use sha2::{Digest, Sha256};
+use slipway_api::names::MAX_LABEL;
+use slipway_api::resources::ReleaseStatus;
+use slipway_api::{Release, ReleaseSpec};
+
+use crate::updates::Update;
+
+/// Phase of a release built and recorded before the ref moved.
+pub const STAGED: &str = "Staged";
+/// Phase of a release whose ref moved: the operator takes it from here.
+pub const PROMOTED: &str = "Promoted";
+/// Phase of a release replaced by a newer one, or whose branch was deleted.
+pub const SUPERSEDED: &str = "Superseded";
+
+/// First 12 hex digits of SHA-256, for names and tags.
+pub fn short_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `<webspace>-<commit:10>-<hash of branch:8>`: unique per (webspace, branch, commit), a DNS
+/// label, and readable in `slipway get releases`.
+pub fn name(webspace: &str, branch: &str, commit: &str) -> String {
+    let branch_hash = short_hash(branch.as_bytes());
+    let commit = commit.get(..10).unwrap_or(commit);
+    let room = MAX_LABEL - commit.len() - 8 - 2;
+    let prefix = webspace.get(..room.min(webspace.len())).unwrap_or(webspace).trim_end_matches('-');
+    format!("{prefix}-{commit}-{}", branch_hash.get(..8).unwrap_or(&branch_hash))
+}
+
+/// A new staged Release.
+pub fn staged(webspace: &str, branch: &str, commit: &str, tree: &str, image: &str, pusher: &str) -> Release {
+    let mut release = Release::new(
+        &name(webspace, branch, commit),
+        ReleaseSpec {
+            webspace: webspace.to_owned(),
+            branch: branch.to_owned(),
+            commit: commit.to_owned(),
+            tree: tree.to_owned(),
+            image: image.to_owned(),
+            pusher: pusher.to_owned(),
+        },
+    );
+    release.status = Some(ReleaseStatus { phase: Some(STAGED.to_owned()), reason: None });
+    release
+}
+
+fn phase(release: &Release) -> Option<&str> {
+    release.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
+    let mut release = release.clone();
+    release.status = Some(ReleaseStatus { phase: Some(phase.to_owned()), reason: reason.map(str::to_owned) });
+    release
+}
+
+/// The releases of `webspace` that change because `update` was applied: the staged release of
+/// the new commit is promoted and the branch's earlier promoted ones are superseded; a deleted
+/// branch's releases are all superseded.
+pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<Release> {
+    fn of_branch<'a>(releases: &'a [Release], webspace: &'a str, branch: &'a str) -> impl Iterator<Item = &'a Release> {
+        releases.iter().filter(move |r| r.spec.webspace == webspace && r.spec.branch == branch)
+    }
+    match update {
+        Update::Branch { branch, commit } => {
+            let mut changed = Vec::new();
+            for release in of_branch(releases, webspace, branch) {
+                if release.spec.commit == *commit {
+                    if phase(release) != Some(PROMOTED) {
+                        changed.push(with_phase(release, PROMOTED, None));
+                    }
+                } else if matches!(phase(release), Some(STAGED | PROMOTED)) {
+                    changed.push(with_phase(release, SUPERSEDED, Some("a newer push to the branch")));
+                }
+            }
+            changed
+        }
+        Update::Deletion { branch } => of_branch(releases, webspace, branch)
+            .filter(|r| phase(r) != Some(SUPERSEDED))
+            .map(|r| with_phase(r, SUPERSEDED, Some("the branch was deleted")))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_labels_and_distinct_per_branch() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let a = name("blog", "main", commit);
+        let b = name("blog", "feature", commit);
+        assert_eq!(a.len(), "blog".len() + 1 + 10 + 1 + 8);
+        assert_ne!(a, b);
+        let long = name(&"w".repeat(63), "main", commit);
+        assert!(slipway_api::names::validate_label(&long).is_ok(), "{long}");
+    }
+
+    #[test]
+    fn promotion_supersedes_the_branchs_older_release() {
+        let old = with_phase(&staged("blog", "main", "a1", "t1", "img:1", "k"), PROMOTED, None);
+        let new = staged("blog", "main", "b2", "t2", "img:2", "k");
+        let other = staged("blog", "dev", "c3", "t3", "img:3", "k");
+        let changed = after_push(&[old, new, other], "blog", &Update::Branch { branch: "main".into(), commit: "b2".into() });
+        let phases: Vec<_> = changed.iter().map(|r| (r.spec.commit.as_str(), phase(r).unwrap_or_default())).collect();
+        assert_eq!(phases, [("a1", SUPERSEDED), ("b2", PROMOTED)]);
+    }
+}
