@@ -44,6 +44,9 @@ pub struct HookArgs {
     /// git's quarantine directory holding the pushed objects.
     #[arg(long, env = env::GIT_QUARANTINE_PATH)]
     quarantine: Option<PathBuf>,
+    /// `0` when the server does not build (started with `--no-build`).
+    #[arg(long, env = env::BUILD, default_value = "1")]
+    build: String,
     /// Builds running at once on this host.
     #[arg(long, env = env::MAX_BUILDS, default_value_t = 2)]
     max_builds: usize,
@@ -66,6 +69,7 @@ pub fn run(args: HookArgs) -> ExitCode {
         customer: args.customer,
         pusher: args.pusher,
         registry: args.registry.filter(|r| !r.is_empty()),
+        build: args.build != "0",
         git_dir: args.git_dir,
         quarantine: args.quarantine,
         max_builds: args.max_builds,
@@ -74,7 +78,10 @@ pub fn run(args: HookArgs) -> ExitCode {
             ..Default::default()
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             reporter.failure("the server cannot run the hook", &error);
@@ -87,5 +94,9 @@ pub fn run(args: HookArgs) -> ExitCode {
             Which::PostReceive => slipway_hook::post_receive(&config, &input, &reporter).await,
         }
     });
-    if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

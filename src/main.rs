@@ -59,6 +59,9 @@ struct ServerArgs {
     /// Registry images are pushed to (`HOST:PORT`); without one images stay on the local engine.
     #[arg(long, env = env::REGISTRY)]
     registry: Option<String>,
+    /// Accept pushes without building them: a plain git host (refs are still checked).
+    #[arg(long)]
+    no_build: bool,
     /// Seconds in-flight pushes get to finish after SIGTERM/SIGINT before they are killed.
     #[arg(long, default_value_t = 60)]
     shutdown_grace: u64,
@@ -175,6 +178,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         data: data.clone(),
         exe: std::env::current_exe().context("cannot find the slipway executable")?,
         registry: args.registry,
+        build: !args.no_build,
         environment,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         push_wait: Duration::from_secs(args.push_wait),

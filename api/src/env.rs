@@ -24,6 +24,9 @@ pub const PUSHER: &str = "SLIPWAY_PUSHER";
 /// Hook contract: absolute path of the `slipway` executable the repo's hook scripts exec.
 pub const EXE: &str = "SLIPWAY_EXE";
 
+/// Hook contract: `0` when the server was started with `--no-build` (a plain git host: pushes
+/// are checked and accepted, nothing is built). Anything else, or unset, builds.
+pub const BUILD: &str = "SLIPWAY_BUILD";
 /// Hook setting: builds running at once on this host, across pushes (default 2).
 pub const MAX_BUILDS: &str = "SLIPWAY_MAX_BUILDS";
 /// Hook setting: seconds a build may take (default 900).

@@ -25,6 +25,8 @@ pub struct Config {
     pub exe: PathBuf,
     /// Registry the hook pushes images to, passed on as `SLIPWAY_REGISTRY`.
     pub registry: Option<String>,
+    /// Whether the hooks build pushed branches (`false`: a plain git host).
+    pub build: bool,
     /// Variables from the server's own environment given to git (see
     /// [`slipway_api::env::PASSED_FROM_SERVER`]).
     pub environment: Vec<(OsString, OsString)>,

@@ -657,6 +657,10 @@ async fn execute<S: Store>(
     set(env::WEBSPACE, command.webspace.clone().into());
     set(env::CUSTOMER, identity.customer.clone().into());
     set(env::PUSHER, identity.fingerprint.clone().into());
+    set(
+        env::BUILD,
+        if shared.config.build { "1" } else { "0" }.into(),
+    );
     if let Some(registry) = &shared.config.registry {
         set(env::REGISTRY, registry.into());
     }

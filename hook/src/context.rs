@@ -31,10 +31,16 @@ impl ChunkWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK)));
-        self.sender
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the build stopped reading the context"))
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK),
+        ));
+        self.sender.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the build stopped reading the context",
+            )
+        })
     }
 }
 
@@ -76,7 +82,11 @@ fn write_archive(
         match entry {
             Entry::Directory { path } => {
                 let mut h = header(tar::EntryType::Directory, 0o755, 0);
-                archive.append_data(&mut h, Path::new(OsStr::from_bytes(path)), std::io::empty())?;
+                archive.append_data(
+                    &mut h,
+                    Path::new(OsStr::from_bytes(path)),
+                    std::io::empty(),
+                )?;
             }
             Entry::File {
                 path,
@@ -143,7 +153,11 @@ pub fn stream(
 
 /// The whole archive in memory, for tests.
 #[cfg(test)]
-pub fn to_vec(repository: &Repository, manifest: &Manifest, extra_dockerfile: Option<&str>) -> Vec<u8> {
+pub fn to_vec(
+    repository: &Repository,
+    manifest: &Manifest,
+    extra_dockerfile: Option<&str>,
+) -> Vec<u8> {
     let (sender, mut receiver) = mpsc::channel(1024);
     write_archive(
         repository,

@@ -34,6 +34,8 @@ pub struct Config {
     pub pusher: String,
     /// Registry to push images to (`HOST:PORT`), if any.
     pub registry: Option<String>,
+    /// Whether to build (`false` on a plain git host started with `--no-build`).
+    pub build: bool,
     /// The bare repository (`GIT_DIR`).
     pub git_dir: PathBuf,
     /// git's quarantine directory with the pushed objects (`GIT_QUARANTINE_PATH`).
@@ -86,14 +88,21 @@ pub async fn pre_receive(config: &Config, input: &str, reporter: &Reporter) -> b
 
 async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) -> Result<(), ()> {
     if input.len() > MAX_INPUT {
-        reporter.error("too many refs in one push", Some("push fewer branches at once"));
+        reporter.error(
+            "too many refs in one push",
+            Some("push fewer branches at once"),
+        );
         return Err(());
     }
-    let store = DirectoryStore::open(&config.data).map_err(|e| reporter.failure("the server cannot read its configuration", &e))?;
+    let store = DirectoryStore::open(&config.data)
+        .map_err(|e| reporter.failure("the server cannot read its configuration", &e))?;
     let webspace: Webspace = match store.get(&config.webspace).await {
         Ok(Some(webspace)) => webspace,
         Ok(None) => {
-            reporter.error(&format!("webspace `{}` no longer exists", config.webspace), None);
+            reporter.error(
+                &format!("webspace `{}` no longer exists", config.webspace),
+                None,
+            );
             return Err(());
         }
         Err(e) => {
@@ -101,26 +110,58 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             return Err(());
         }
     };
-    let updates = updates::decide(input, &webspace.spec.production_branch).map_err(|e| reporter.error(&e.to_string(), e.hint()))?;
+    let updates = updates::decide(input, &webspace.spec.production_branch)
+        .map_err(|e| reporter.error(&e.to_string(), e.hint()))?;
+    if !config.build {
+        for update in &updates {
+            if let Update::Branch { branch, commit } = update {
+                reporter.say(&format!(
+                    "slipway: `{branch}` ({}) of `{}` accepted from `{}`; this server does not build",
+                    short(commit),
+                    config.webspace,
+                    config.customer
+                ));
+            }
+        }
+        return Ok(());
+    }
     let plans = plan(config, &store, &webspace, &updates, reporter).await?;
     if plans.is_empty() {
         return Ok(());
     }
-    let docker = build::connect().await.map_err(|e| reporter.failure("the build service is unavailable; try again later", &e))?;
+    let docker = build::connect()
+        .await
+        .map_err(|e| reporter.failure("the build service is unavailable; try again later", &e))?;
     let repository = image_repository(config);
     let mut staged = Vec::new();
     for plan in plans {
         let image = format!("{repository}:{}", plan.tag);
         if build::exists(&docker, &image).await {
-            reporter.say(&format!("slipway: `{}` ({}): tree {} was built before; reusing `{image}`", plan.branch, short(&plan.commit), short(&plan.tree)));
+            reporter.say(&format!(
+                "slipway: `{}` ({}): tree {} was built before; reusing `{image}`",
+                plan.branch,
+                short(&plan.commit),
+                short(&plan.tree)
+            ));
         } else {
-            reporter.say(&format!("slipway: building `{}` ({}) of `{}` from {}", plan.branch, short(&plan.commit), config.webspace, plan.source));
+            reporter.say(&format!(
+                "slipway: building `{}` ({}) of `{}` from {}",
+                plan.branch,
+                short(&plan.commit),
+                config.webspace,
+                plan.source
+            ));
             let slot = slots::take(&config.data.join("locks"), config.max_builds, || {
                 reporter.say("slipway: queued: other builds are running; waiting for a build slot");
             })
             .await
             .map_err(|e| reporter.failure("the server cannot schedule the build", &e))?;
-            let context = context::stream(config.git_dir.clone(), config.quarantine.clone(), plan.manifest.clone(), plan.dockerfile.clone());
+            let context = context::stream(
+                config.git_dir.clone(),
+                config.quarantine.clone(),
+                plan.manifest.clone(),
+                plan.dockerfile.clone(),
+            );
             let result = build::build(&docker, &image, context, config.limits, reporter).await;
             drop(slot);
             match result {
@@ -131,7 +172,14 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
                     return Err(());
                 }
                 Err(build::BuildError::TimedOut(limit)) => {
-                    reporter.error(&format!("building `{}` took longer than {}s", plan.branch, limit.as_secs()), Some("make the build faster (cache dependencies in an early layer)"));
+                    reporter.error(
+                        &format!(
+                            "building `{}` took longer than {}s",
+                            plan.branch,
+                            limit.as_secs()
+                        ),
+                        Some("make the build faster (cache dependencies in an early layer)"),
+                    );
                     return Err(());
                 }
                 Err(e @ build::BuildError::Engine(_)) => {
@@ -141,7 +189,11 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             }
         }
         let reference = if config.registry.is_some() {
-            let digest = build::push(&docker, &repository, &plan.tag).await.map_err(|e| reporter.failure("the image registry is unavailable; try again later", &e))?;
+            let digest = build::push(&docker, &repository, &plan.tag)
+                .await
+                .map_err(|e| {
+                    reporter.failure("the image registry is unavailable; try again later", &e)
+                })?;
             reporter.say(&format!("slipway: pushed `{image}` ({digest})"));
             format!("{image}@{digest}")
         } else {
@@ -150,30 +202,53 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
         staged.push((plan.branch, plan.commit, plan.tree, reference));
     }
     for (branch, commit, tree, image) in staged {
-        let release = release::staged(&config.webspace, &branch, &commit, &tree, &image, &config.pusher);
+        let release = release::staged(
+            &config.webspace,
+            &branch,
+            &commit,
+            &tree,
+            &image,
+            &config.pusher,
+        );
         let name = release.metadata.name.clone().unwrap_or_default();
-        store.put(&release).await.map_err(|e| reporter.failure("the server cannot record the release", &e))?;
+        store
+            .put(&release)
+            .await
+            .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
         reporter.say(&format!("slipway: staged release `{name}` for `{branch}`"));
     }
     Ok(())
 }
 
 /// Checks every branch of the push and prepares its build, before anything is built.
-async fn plan(config: &Config, store: &DirectoryStore, webspace: &Webspace, updates: &[Update], reporter: &Reporter) -> Result<Vec<Plan>, ()> {
-    let repository = tree::open(&config.git_dir, config.quarantine.as_ref()).map_err(|e| reporter.failure("the server cannot read the pushed objects", &e))?;
+async fn plan(
+    config: &Config,
+    store: &DirectoryStore,
+    webspace: &Webspace,
+    updates: &[Update],
+    reporter: &Reporter,
+) -> Result<Vec<Plan>, ()> {
+    let repository = tree::open(&config.git_dir, config.quarantine.as_ref())
+        .map_err(|e| reporter.failure("the server cannot read the pushed objects", &e))?;
     check_labels(&repository, updates, reporter)?;
     let mut plans = Vec::new();
     for update in updates {
-        let Update::Branch { branch, commit } = update else { continue };
+        let Update::Branch { branch, commit } = update else {
+            continue;
+        };
         let tree = git2::Oid::from_str(commit)
             .and_then(|id| repository.find_commit(id))
             .map(|c| c.tree_id())
             .map_err(|e| reporter.failure("the server cannot read the pushed objects", &e))?;
-        let manifest = tree::walk(&repository, tree, Budget::default()).map_err(|e| reporter.error(&format!("`{branch}`: {e}"), e.hint()))?;
+        let manifest = tree::walk(&repository, tree, Budget::default())
+            .map_err(|e| reporter.error(&format!("`{branch}`: {e}"), e.hint()))?;
         let (dockerfile, source, tag) = match manifest.dockerfile {
             Dockerfile::Present => (None, "its `Dockerfile`".to_owned(), tree.to_string()),
             Dockerfile::Symlink => {
-                reporter.error(&format!("`{branch}`: the `Dockerfile` is a symlink"), Some("commit the Dockerfile itself at the repository root"));
+                reporter.error(
+                    &format!("`{branch}`: the `Dockerfile` is a symlink"),
+                    Some("commit the Dockerfile itself at the repository root"),
+                );
                 return Err(());
             }
             Dockerfile::Missing => {
@@ -181,53 +256,98 @@ async fn plan(config: &Config, store: &DirectoryStore, webspace: &Webspace, upda
                     reporter.error(&format!("`{branch}` has no `Dockerfile` and webspace `{}` has no runtime", config.webspace), Some(&format!("add a Dockerfile at the repository root, or set `spec.runtime` of webspace `{}` (e.g. `static`)", config.webspace)));
                     return Err(());
                 };
-                let runtime = find_runtime(store, name).await.map_err(|e| reporter.failure("the server cannot read its configuration", &e))?;
+                let runtime = find_runtime(store, name).await.map_err(|e| {
+                    reporter.failure("the server cannot read its configuration", &e)
+                })?;
                 let Some(runtime) = runtime else {
                     reporter.error(&format!("runtime `{name}` of webspace `{}` does not exist", config.webspace), Some("`slipway get runtimes` lists them; add a Dockerfile, or fix `spec.runtime`"));
                     return Err(());
                 };
-                let context = slipway_runtimes::RenderContext::new(config.webspace.clone(), branch_label(branch)).map_err(|e| reporter.failure("the server cannot render the runtime", &e))?;
+                let context = slipway_runtimes::RenderContext::new(
+                    config.webspace.clone(),
+                    branch_label(branch),
+                )
+                .map_err(|e| reporter.failure("the server cannot render the runtime", &e))?;
                 let rendered = slipway_runtimes::render(&runtime.spec, &context).map_err(|e| reporter.error(&format!("runtime `{name}`: {e}"), Some("fix the Runtime's dockerfileTemplate, or add a Dockerfile to the repository")))?;
                 // The template is part of what is built: the same tree with another template is
                 // another image.
                 let template = release::short_hash(rendered.as_bytes());
-                (Some(rendered), format!("runtime `{name}`"), format!("{tree}-{template}"))
+                (
+                    Some(rendered),
+                    format!("runtime `{name}`"),
+                    format!("{tree}-{template}"),
+                )
             }
         };
-        plans.push(Plan { branch: branch.clone(), commit: commit.clone(), tree: tree.to_string(), manifest, dockerfile, source, tag });
+        plans.push(Plan {
+            branch: branch.clone(),
+            commit: commit.clone(),
+            tree: tree.to_string(),
+            manifest,
+            dockerfile,
+            source,
+            tag,
+        });
     }
     Ok(plans)
 }
 
 /// Two branches whose names map to one host label would share a preview URL: refused.
-fn check_labels(repository: &git2::Repository, updates: &[Update], reporter: &Reporter) -> Result<(), ()> {
+fn check_labels(
+    repository: &git2::Repository,
+    updates: &[Update],
+    reporter: &Reporter,
+) -> Result<(), ()> {
     let mut branches: Vec<String> = repository
         .branches(Some(git2::BranchType::Local))
-        .map(|iter| iter.flatten().filter_map(|(b, _)| b.name().ok().flatten().map(str::to_owned)).collect())
+        .map(|iter| {
+            iter.flatten()
+                .filter_map(|(b, _)| b.name().ok().flatten().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     for update in updates {
         match update {
             Update::Deletion { branch } => branches.retain(|b| b != branch),
-            Update::Branch { branch, .. } if !branches.contains(branch) => branches.push(branch.clone()),
+            Update::Branch { branch, .. } if !branches.contains(branch) => {
+                branches.push(branch.clone())
+            }
             Update::Branch { .. } => {}
         }
     }
     for update in updates {
-        let Update::Branch { branch, .. } = update else { continue };
+        let Update::Branch { branch, .. } = update else {
+            continue;
+        };
         let label = branch_label(branch);
-        if let Some(other) = branches.iter().find(|b| *b != branch && branch_label(b) == label) {
-            reporter.error(&format!("branch `{}` would share the host name `{label}` with branch `{}`", branch.escape_debug(), other.escape_debug()), Some("rename one of the branches"));
+        if let Some(other) = branches
+            .iter()
+            .find(|b| *b != branch && branch_label(b) == label)
+        {
+            reporter.error(
+                &format!(
+                    "branch `{}` would share the host name `{label}` with branch `{}`",
+                    branch.escape_debug(),
+                    other.escape_debug()
+                ),
+                Some("rename one of the branches"),
+            );
             return Err(());
         }
     }
     Ok(())
 }
 
-async fn find_runtime(store: &DirectoryStore, name: &str) -> Result<Option<Runtime>, slipway_store::StoreError> {
+async fn find_runtime(
+    store: &DirectoryStore,
+    name: &str,
+) -> Result<Option<Runtime>, slipway_store::StoreError> {
     if let Some(runtime) = store.get::<Runtime>(name).await? {
         return Ok(Some(runtime));
     }
-    Ok(slipway_runtimes::defaults().into_iter().find(|r| r.metadata.name.as_deref() == Some(name)))
+    Ok(slipway_runtimes::defaults()
+        .into_iter()
+        .find(|r| r.metadata.name.as_deref() == Some(name)))
 }
 
 /// Runs post-receive: promotes the staged Releases of the branches that moved, and records
@@ -240,7 +360,13 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
             return false;
         }
     };
-    let production = store.get::<Webspace>(&config.webspace).await.ok().flatten().map(|w| w.spec.production_branch).unwrap_or_else(|| "main".to_owned());
+    let production = store
+        .get::<Webspace>(&config.webspace)
+        .await
+        .ok()
+        .flatten()
+        .map(|w| w.spec.production_branch)
+        .unwrap_or_else(|| "main".to_owned());
     let Ok(updates) = updates::decide(input, &production) else {
         return false;
     };
@@ -251,6 +377,9 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
             return false;
         }
     };
+    if !config.build {
+        return true;
+    }
     let mut ok = true;
     for update in &updates {
         let changed = release::after_push(&releases, &config.webspace, update);
@@ -264,9 +393,15 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
             Update::Branch { branch, commit } => reporter.say(&format!(
                 "slipway: `{branch}` at {} is released as `{}`; rollout is not enabled yet",
                 short(commit),
-                changed.iter().find(|r| r.spec.commit == *commit).and_then(|r| r.metadata.name.clone()).unwrap_or_default()
+                changed
+                    .iter()
+                    .find(|r| r.spec.commit == *commit)
+                    .and_then(|r| r.metadata.name.clone())
+                    .unwrap_or_default()
             )),
-            Update::Deletion { branch } => reporter.say(&format!("slipway: branch `{branch}` deleted; its releases are retired")),
+            Update::Deletion { branch } => reporter.say(&format!(
+                "slipway: branch `{branch}` deleted; its releases are retired"
+            )),
         }
     }
     ok

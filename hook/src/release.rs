@@ -29,12 +29,25 @@ pub fn name(webspace: &str, branch: &str, commit: &str) -> String {
     let branch_hash = short_hash(branch.as_bytes());
     let commit = commit.get(..10).unwrap_or(commit);
     let room = MAX_LABEL - commit.len() - 8 - 2;
-    let prefix = webspace.get(..room.min(webspace.len())).unwrap_or(webspace).trim_end_matches('-');
-    format!("{prefix}-{commit}-{}", branch_hash.get(..8).unwrap_or(&branch_hash))
+    let prefix = webspace
+        .get(..room.min(webspace.len()))
+        .unwrap_or(webspace)
+        .trim_end_matches('-');
+    format!(
+        "{prefix}-{commit}-{}",
+        branch_hash.get(..8).unwrap_or(&branch_hash)
+    )
 }
 
 /// A new staged Release.
-pub fn staged(webspace: &str, branch: &str, commit: &str, tree: &str, image: &str, pusher: &str) -> Release {
+pub fn staged(
+    webspace: &str,
+    branch: &str,
+    commit: &str,
+    tree: &str,
+    image: &str,
+    pusher: &str,
+) -> Release {
     let mut release = Release::new(
         &name(webspace, branch, commit),
         ReleaseSpec {
@@ -46,7 +59,10 @@ pub fn staged(webspace: &str, branch: &str, commit: &str, tree: &str, image: &st
             pusher: pusher.to_owned(),
         },
     );
-    release.status = Some(ReleaseStatus { phase: Some(STAGED.to_owned()), reason: None });
+    release.status = Some(ReleaseStatus {
+        phase: Some(STAGED.to_owned()),
+        reason: None,
+    });
     release
 }
 
@@ -56,7 +72,10 @@ fn phase(release: &Release) -> Option<&str> {
 
 fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
     let mut release = release.clone();
-    release.status = Some(ReleaseStatus { phase: Some(phase.to_owned()), reason: reason.map(str::to_owned) });
+    release.status = Some(ReleaseStatus {
+        phase: Some(phase.to_owned()),
+        reason: reason.map(str::to_owned),
+    });
     release
 }
 
@@ -64,8 +83,14 @@ fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
 /// the new commit is promoted and the branch's earlier promoted ones are superseded; a deleted
 /// branch's releases are all superseded.
 pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<Release> {
-    fn of_branch<'a>(releases: &'a [Release], webspace: &'a str, branch: &'a str) -> impl Iterator<Item = &'a Release> {
-        releases.iter().filter(move |r| r.spec.webspace == webspace && r.spec.branch == branch)
+    fn of_branch<'a>(
+        releases: &'a [Release],
+        webspace: &'a str,
+        branch: &'a str,
+    ) -> impl Iterator<Item = &'a Release> {
+        releases
+            .iter()
+            .filter(move |r| r.spec.webspace == webspace && r.spec.branch == branch)
     }
     match update {
         Update::Branch { branch, commit } => {
@@ -76,7 +101,11 @@ pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<
                         changed.push(with_phase(release, PROMOTED, None));
                     }
                 } else if matches!(phase(release), Some(STAGED | PROMOTED)) {
-                    changed.push(with_phase(release, SUPERSEDED, Some("a newer push to the branch")));
+                    changed.push(with_phase(
+                        release,
+                        SUPERSEDED,
+                        Some("a newer push to the branch"),
+                    ));
                 }
             }
             changed
@@ -105,11 +134,25 @@ mod tests {
 
     #[test]
     fn promotion_supersedes_the_branchs_older_release() {
-        let old = with_phase(&staged("blog", "main", "a1", "t1", "img:1", "k"), PROMOTED, None);
+        let old = with_phase(
+            &staged("blog", "main", "a1", "t1", "img:1", "k"),
+            PROMOTED,
+            None,
+        );
         let new = staged("blog", "main", "b2", "t2", "img:2", "k");
         let other = staged("blog", "dev", "c3", "t3", "img:3", "k");
-        let changed = after_push(&[old, new, other], "blog", &Update::Branch { branch: "main".into(), commit: "b2".into() });
-        let phases: Vec<_> = changed.iter().map(|r| (r.spec.commit.as_str(), phase(r).unwrap_or_default())).collect();
+        let changed = after_push(
+            &[old, new, other],
+            "blog",
+            &Update::Branch {
+                branch: "main".into(),
+                commit: "b2".into(),
+            },
+        );
+        let phases: Vec<_> = changed
+            .iter()
+            .map(|r| (r.spec.commit.as_str(), phase(r).unwrap_or_default()))
+            .collect();
         assert_eq!(phases, [("a1", SUPERSEDED), ("b2", PROMOTED)]);
     }
 }

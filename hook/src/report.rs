@@ -49,7 +49,11 @@ impl Reporter {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(file, "{} {line}", k8s_openapi::jiff::Timestamp::now());
         }
     }
@@ -84,7 +88,10 @@ pub fn clean(line: &str) -> String {
 mod tests {
     #[test]
     fn colours_and_control_characters_are_removed() {
-        assert_eq!(super::clean("\u{1b}[31mred\u{1b}[0m text\r\u{7}"), "red text");
+        assert_eq!(
+            super::clean("\u{1b}[31mred\u{1b}[0m text\r\u{7}"),
+            "red text"
+        );
         assert_eq!(super::clean("tab\tkept"), "tab\tkept");
     }
 }

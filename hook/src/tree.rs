@@ -141,9 +141,9 @@ impl TreeError {
     /// How the pusher can fix it.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Self::Submodule { .. } => {
-                Some("vendor the submodule's files into the repository, or fetch them in the Dockerfile")
-            }
+            Self::Submodule { .. } => Some(
+                "vendor the submodule's files into the repository, or fetch them in the Dockerfile",
+            ),
             Self::FileTooLarge { .. } | Self::TooLarge { .. } => {
                 Some("keep large artifacts out of the repository (fetch them during the build)")
             }
@@ -250,12 +250,17 @@ pub fn walk(repository: &Repository, tree: Oid, budget: Budget) -> Result<Manife
 ///
 /// # Errors
 /// When the repository cannot be opened or the quarantine added.
-pub fn open(git_dir: &std::path::Path, quarantine: Option<&PathBuf>) -> Result<Repository, git2::Error> {
+pub fn open(
+    git_dir: &std::path::Path,
+    quarantine: Option<&PathBuf>,
+) -> Result<Repository, git2::Error> {
     let repository = Repository::open_bare(git_dir)?;
     if let Some(quarantine) = quarantine {
         // Until pre-receive accepts, receive-pack keeps the pushed objects here; without this
         // the new commits are invisible.
-        repository.odb()?.add_disk_alternate(&quarantine.to_string_lossy())?;
+        repository
+            .odb()?
+            .add_disk_alternate(&quarantine.to_string_lossy())?;
     }
     // receive-pack already verified every object's hash (CRATE-NOTES: 2.4x faster reads).
     git2::opts::strict_hash_verification(false);

@@ -98,13 +98,23 @@ mod tests {
 
     #[test]
     fn branches_creations_and_deletions() {
-        let input = format!("{ZERO} {A} refs/heads/main\n{A} {B} refs/heads/feature/x\n{A} {ZERO} refs/heads/old\n");
+        let input = format!(
+            "{ZERO} {A} refs/heads/main\n{A} {B} refs/heads/feature/x\n{A} {ZERO} refs/heads/old\n"
+        );
         assert_eq!(
             decide(&input, "main"),
             Ok(vec![
-                Update::Branch { branch: "main".into(), commit: A.into() },
-                Update::Branch { branch: "feature/x".into(), commit: B.into() },
-                Update::Deletion { branch: "old".into() },
+                Update::Branch {
+                    branch: "main".into(),
+                    commit: A.into()
+                },
+                Update::Branch {
+                    branch: "feature/x".into(),
+                    commit: B.into()
+                },
+                Update::Deletion {
+                    branch: "old".into()
+                },
             ])
         );
     }
@@ -112,10 +122,22 @@ mod tests {
     #[test]
     fn one_refused_ref_refuses_the_push() {
         let tag = format!("{ZERO} {A} refs/heads/main\n{ZERO} {A} refs/tags/v1\n");
-        assert_eq!(decide(&tag, "main"), Err(UpdateError::NotBranch("refs/tags/v1".into())));
+        assert_eq!(
+            decide(&tag, "main"),
+            Err(UpdateError::NotBranch("refs/tags/v1".into()))
+        );
         let delete = format!("{A} {ZERO} refs/heads/main\n");
-        assert_eq!(decide(&delete, "main"), Err(UpdateError::ProductionDeletion("main".into())));
-        for bad in ["", "x y z", &format!("{A} {B}"), &format!("{A} {B} refs/heads/a extra"), &format!("{A} zz refs/heads/a")] {
+        assert_eq!(
+            decide(&delete, "main"),
+            Err(UpdateError::ProductionDeletion("main".into()))
+        );
+        for bad in [
+            "",
+            "x y z",
+            &format!("{A} {B}"),
+            &format!("{A} {B} refs/heads/a extra"),
+            &format!("{A} zz refs/heads/a"),
+        ] {
             if bad.is_empty() {
                 assert_eq!(decide(bad, "main"), Ok(vec![]));
             } else {

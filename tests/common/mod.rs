@@ -127,6 +127,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path) -> Self {
+        Self::start_with(data, &[], &[])
+    }
+
+    /// Starts with extra `slipway git-server` arguments and environment variables.
+    pub fn start_with(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         fs::create_dir_all(data).expect("data dir");
         let log = data.join("server.log");
         let stderr = fs::OpenOptions::new()
@@ -144,6 +149,8 @@ impl Server {
                 "--data",
             ])
             .arg(data)
+            .args(args)
+            .envs(envs.iter().copied())
             .env("SLIPWAY_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -405,14 +412,20 @@ pub struct World {
 }
 
 impl World {
+    /// A plain git host (`--no-build`): for tests of the transport, without Docker.
     pub fn new() -> Self {
+        Self::with(&["--no-build"], &[])
+    }
+
+    /// A world whose server gets extra arguments and environment.
+    pub fn with(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let scratch = Scratch::new();
         let key = keygen(&scratch, "alice");
         apply_ok(
             &scratch.data(),
             &(customer_yaml("alice", &[&key]) + &webspace_yaml("blog", "alice")),
         );
-        let server = Server::start(&scratch.data());
+        let server = Server::start_with(&scratch.data(), args, envs);
         Self {
             server,
             alice: Client::new(&key),
