@@ -47,6 +47,12 @@ pub struct HookArgs {
     /// `0` when the server does not build (started with `--no-build`).
     #[arg(long, env = env::BUILD, default_value = "1")]
     build: String,
+    /// Docker client configuration directory (registry credentials in `config.json`).
+    #[arg(long, env = "DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+    /// Home directory, for `~/.docker` when `DOCKER_CONFIG` is unset.
+    #[arg(long, env = "HOME", hide = true)]
+    home: Option<PathBuf>,
     /// Builds running at once on this host.
     #[arg(long, env = env::MAX_BUILDS, default_value_t = 2)]
     max_builds: usize,
@@ -70,6 +76,9 @@ pub fn run(args: HookArgs) -> ExitCode {
         pusher: args.pusher,
         registry: args.registry.filter(|r| !r.is_empty()),
         build: args.build != "0",
+        docker_config: args
+            .docker_config
+            .or_else(|| args.home.map(|home| home.join(".docker"))),
         git_dir: args.git_dir,
         quarantine: args.quarantine,
         max_builds: args.max_builds,

@@ -166,6 +166,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone())?;
     let store = open_store(&data)?;
+    install_default_runtimes(&store).await?;
     let key = slipway_git_server::host_key::load_or_create(&data)?;
     let listener = TcpListener::bind(args.ssh_listen)
         .await
@@ -193,6 +194,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         say("slipway: stopped; every running push finished");
     } else {
         say("slipway: stopped; pushes still running after the grace period were killed");
+    }
+    Ok(())
+}
+
+/// Adds the shipped Runtimes (`runtimes/defaults/`) that the store does not have yet, so
+/// `slipway get runtimes` lists them; a Runtime applied under the same name is never replaced.
+async fn install_default_runtimes(store: &DirectoryStore) -> anyhow::Result<()> {
+    use slipway_api::Runtime;
+    for runtime in slipway_runtimes::defaults() {
+        let name = runtime.metadata.name.clone().unwrap_or_default();
+        if store.get::<Runtime>(&name).await?.is_none() {
+            store.put(&runtime).await?;
+            tracing::info!(runtime = %name, "installed default runtime");
+        }
     }
     Ok(())
 }

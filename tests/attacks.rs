@@ -355,24 +355,9 @@ fn a_tree_with_a_dot_git_entry_is_refused() {
 
     // Build a tree holding `.git/hooks/post-checkout` by hand: git's porcelain refuses to.
     let git = |args: &[&str], input: Option<&str>| {
-        let mut command = world.alice.git_command(&app, args);
-        command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("git");
-        if let Some(input) = input {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("stdin");
-        }
-        drop(child.stdin.take());
-        let output = child.wait_with_output().expect("git");
-        assert_ok(&output);
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        world
+            .alice
+            .git_plumbing(&app, args, input.unwrap_or_default().as_bytes())
     };
     let blob = git(&["hash-object", "-w", "--stdin"], Some("#!/bin/sh\nid\n"));
     let hooks = git(

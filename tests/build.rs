@@ -420,22 +420,7 @@ fn symlinks_to_host_files_stay_links_and_bring_no_host_content() {
 fn a_git_bomb_and_a_huge_blob_are_rejected_quickly() {
     let site = Site::new(None);
     let app = site.app(&[("Dockerfile", DOCKERFILE)]);
-    let git = |args: &[&str], input: &[u8]| -> String {
-        let mut child = site
-            .world
-            .alice
-            .git_command(&app, args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("git");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input).expect("stdin");
-        drop(stdin);
-        let output = child.wait_with_output().expect("git");
-        assert_ok(&output);
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
+    let git = |args: &[&str], input: &[u8]| site.world.alice.git_plumbing(&app, args, input);
     // A tree of 16 copies of a tree of 16 copies of ... 8 levels: 16^8 entries, a few KB packed.
     let blob = git(&["hash-object", "-w", "--stdin"], b"x");
     let mut tree = git(&["mktree"], format!("100644 blob {blob}\tf\n").as_bytes());

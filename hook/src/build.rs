@@ -191,7 +191,12 @@ pub async fn build(
 ///
 /// # Errors
 /// [`PushError`].
-pub async fn push(docker: &Docker, repository: &str, tag: &str) -> Result<String, PushError> {
+pub async fn push(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+) -> Result<String, PushError> {
     let image = format!("{repository}:{tag}");
     let mut stream = docker.push_image(
         repository,
@@ -199,7 +204,7 @@ pub async fn push(docker: &Docker, repository: &str, tag: &str) -> Result<String
             tag: Some(tag.to_owned()),
             ..Default::default()
         }),
-        None,
+        credentials,
     );
     while let Some(item) = stream.next().await {
         match item {

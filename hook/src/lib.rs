@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod context;
+pub mod credentials;
 pub mod release;
 pub mod report;
 pub mod slots;
@@ -36,6 +37,9 @@ pub struct Config {
     pub registry: Option<String>,
     /// Whether to build (`false` on a plain git host started with `--no-build`).
     pub build: bool,
+    /// Docker client configuration directory (`DOCKER_CONFIG`, else `~/.docker`), for
+    /// registry credentials.
+    pub docker_config: Option<PathBuf>,
     /// The bare repository (`GIT_DIR`).
     pub git_dir: PathBuf,
     /// git's quarantine directory with the pushed objects (`GIT_QUARANTINE_PATH`).
@@ -132,6 +136,10 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     let docker = build::connect()
         .await
         .map_err(|e| reporter.failure("the build service is unavailable; try again later", &e))?;
+    let credentials = match (&config.docker_config, &config.registry) {
+        (Some(dir), Some(registry)) => credentials::for_registry(dir, registry),
+        _ => None,
+    };
     let repository = image_repository(config);
     let mut staged = Vec::new();
     for plan in plans {
@@ -189,7 +197,7 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             }
         }
         let reference = if config.registry.is_some() {
-            let digest = build::push(&docker, &repository, &plan.tag)
+            let digest = build::push(&docker, &repository, &plan.tag, credentials.clone())
                 .await
                 .map_err(|e| {
                     reporter.failure("the image registry is unavailable; try again later", &e)

@@ -302,6 +302,24 @@ impl Client {
         command
     }
 
+    /// `git ARGS` in `dir` with `input` on stdin; asserts success and returns trimmed stdout.
+    /// For plumbing that builds objects porcelain refuses to (`mktree`, `commit-tree`).
+    pub fn git_plumbing(&self, dir: &Path, args: &[&str], input: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = self
+            .git_command(dir, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("git");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("stdin");
+        drop(stdin);
+        let output = child.wait_with_output().expect("git");
+        assert_ok(&output);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// `ssh -p PORT git@127.0.0.1 EXTRA... [COMMAND]`.
     pub fn ssh(&self, server: &Server, extra: &[&str], command: Option<&str>) -> Output {
         let mut ssh = Command::new("ssh");
