@@ -79,6 +79,9 @@ curl -fsS --max-time 5 "http://$BENCH_REGISTRY/v2/" >/dev/null || die "no regist
 # Temporary directory, processes, cleanup
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/slipway-build-bench.XXXXXX")
+# Every image this run builds carries this label (an early, cached step of the app's Dockerfile),
+# so cleanup also finds the untagged images of a build cut short.
+RUN_LABEL=dev.slipway.bench.run=${T##*.}
 SLIPWAY_PID=
 
 descendants() { # pid -> all its descendants, deepest last
@@ -129,6 +132,10 @@ cleanup() {
         # shellcheck disable=SC2086 # one tag per word
         "$HAND_DOCKER" rmi $images >/dev/null 2>&1 || say "could not remove some images: $(echo $images)"
     fi
+    # Untagged leftovers of this run (a build interrupted by a timeout or a signal).
+    images=$("$HAND_DOCKER" image ls -q --filter "label=$RUN_LABEL" 2>/dev/null | sort -u)
+    # shellcheck disable=SC2086 # one id per word
+    [[ -z $images ]] || "$HAND_DOCKER" rmi $images >/dev/null 2>&1 || say "could not remove images $(echo $images)"
     if [[ $BENCH_KEEP == 1 ]]; then
         say "kept $T"
     else
@@ -206,6 +213,7 @@ git init -q "$SRC"
 mkdir -p "$SRC/public" "$SRC/lib"
 cat >"$SRC/Dockerfile" <<EOF
 FROM $BASE_IMAGE
+LABEL $RUN_LABEL
 WORKDIR /app
 COPY deps.txt /app/deps.txt
 RUN mkdir -p /opt/deps && while read -r dep; do echo "\$dep" >"/opt/deps/\$dep"; done </app/deps.txt

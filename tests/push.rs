@@ -29,6 +29,14 @@ fn owner_pushes_clones_back_and_pushes_again() {
     let said = stderr(&push);
     assert!(said.contains("remote: slipway: `main` ("), "{said}");
     assert!(said.contains("of `blog` accepted from `alice`"), "{said}");
+    assert!(
+        said.contains("remote: slipway: `main` of `blog` is now at"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("warning:"),
+        "git warns about the repository config: {said}"
+    );
 
     let clone = world.scratch.path("clone");
     assert_ok(&world.alice.git(

@@ -38,7 +38,6 @@ fn config_block() -> String {
          [receive \"fsck\"]\n\
          \thasDotgit = error\n\
          \thasDotdot = error\n\
-         \thasDotgitmodules = error\n\
          \tfullPathname = error\n\
          \tnulInHeader = error\n\
          [fetch]\n\

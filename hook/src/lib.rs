@@ -386,6 +386,19 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
         }
     };
     if !config.build {
+        for update in &updates {
+            match update {
+                Update::Branch { branch, commit } => reporter.say(&format!(
+                    "slipway: `{branch}` of `{}` is now at {}",
+                    config.webspace,
+                    short(commit)
+                )),
+                Update::Deletion { branch } => reporter.say(&format!(
+                    "slipway: branch `{branch}` of `{}` deleted",
+                    config.webspace
+                )),
+            }
+        }
         return true;
     }
     let mut ok = true;
