@@ -223,7 +223,7 @@ fn shells_commands_and_subsystems_are_refused_with_a_reason() {
 }
 
 #[test]
-fn port_forwarding_is_refused() {
+fn port_and_x11_forwarding_are_refused() {
     let world = World::new();
     // -W opens a direct-tcpip channel (local forwarding).
     let direct = world
@@ -252,7 +252,25 @@ fn port_forwarding_is_refused() {
         "{}",
         stderr(&remote)
     );
-    assert_eq!(world.server.git_runs(), 0);
+    // X11: the request is declined (OpenSSH says so); the git command itself still runs.
+    let mut x11 = std::process::Command::new("ssh");
+    x11.args(world.alice.ssh_command().split_whitespace().skip(1))
+        .args([
+            "-X",
+            "-p",
+            &world.server.port.to_string(),
+            "git@127.0.0.1",
+            "git-upload-pack blog.git",
+        ])
+        .env("DISPLAY", ":0")
+        .stdin(std::process::Stdio::null());
+    let x11 = x11.output().expect("ssh -X");
+    assert!(
+        stderr(&x11).contains("X11 forwarding request failed"),
+        "{}",
+        stderr(&x11)
+    );
+    assert!(world.server.git_runs() <= 1);
 }
 
 #[test]

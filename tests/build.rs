@@ -590,3 +590,107 @@ fn tags_are_refused() {
         "one refused ref refuses all"
     );
 }
+
+#[test]
+fn a_submodule_is_refused_with_a_hint() {
+    let site = Site::new(None);
+    let app = site.app(&[("Dockerfile", DOCKERFILE)]);
+    let head = site
+        .world
+        .alice
+        .git_plumbing(&app, &["rev-parse", "HEAD"], b"");
+    let tree = site
+        .world
+        .alice
+        .git_plumbing(&app, &["rev-parse", "HEAD^{tree}"], b"");
+    let listing = site
+        .world
+        .alice
+        .git_plumbing(&app, &["ls-tree", &tree], b"");
+    let with_module = format!("{listing}\n160000 commit {head}\tvendor\n");
+    let root = site
+        .world
+        .alice
+        .git_plumbing(&app, &["mktree"], with_module.as_bytes());
+    let commit =
+        site.world
+            .alice
+            .git_plumbing(&app, &["commit-tree", &root, "-m", "submodule"], b"");
+    let push = site.push(&app, &[&format!("{commit}:refs/heads/main")]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains("remote: error: `main`: `vendor` is a submodule, which cannot be built"),
+        "{said}"
+    );
+    assert!(
+        said.contains("remote: hint: vendor the submodule"),
+        "{said}"
+    );
+    assert!(rev_parse(&site.repository(), "refs/heads/main").is_none());
+}
+
+#[test]
+fn builds_beyond_the_global_cap_are_queued() {
+    let site = Site::with_server(
+        None,
+        &["--registry", REGISTRY],
+        &[("SLIPWAY_MAX_BUILDS", "1")],
+    );
+    let second = format!("{}-b", site.name);
+    apply_ok(&site.world.scratch.data(), &webspace_yaml(&second, "alice"));
+    let slow = "FROM slipway-test/busybox:latest\nCOPY . /app\nRUN sleep 2\n";
+    let app = site.app(&[("Dockerfile", slow)]);
+    let spawn = |webspace: &str, log: &str| {
+        let log = site.world.scratch.path(log);
+        let child = site
+            .world
+            .alice
+            .git_command(
+                &app,
+                &[
+                    "push",
+                    &site.world.server.url(&format!("{webspace}.git")),
+                    "main",
+                ],
+            )
+            .stderr(fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("push");
+        (child, log)
+    };
+    let (mut one, one_log) = spawn(&site.name, "one.err");
+    let (mut two, two_log) = spawn(&second, "two.err");
+    assert!(
+        one.wait().expect("push").success(),
+        "{}",
+        fs::read_to_string(&one_log).unwrap_or_default()
+    );
+    assert!(
+        two.wait().expect("push").success(),
+        "{}",
+        fs::read_to_string(&two_log).unwrap_or_default()
+    );
+    let logs = fs::read_to_string(&one_log).unwrap_or_default()
+        + &fs::read_to_string(&two_log).unwrap_or_default();
+    assert_eq!(
+        logs.matches("remote: slipway: queued: other builds are running")
+            .count(),
+        1,
+        "{logs}"
+    );
+    let ids = docker(&["image", "ls", "-q", &format!("{REGISTRY}/{second}")]);
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = docker(
+            &[
+                &["rmi", "-f"][..],
+                &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        );
+    }
+}

@@ -144,8 +144,8 @@ fn host_key_survives_a_restart() {
 
 /// A GIT_SSH_COMMAND that holds the client's side of the push until `release` exists, so the
 /// server holds the push lock for as long as the test wants.
-fn held_ssh(world: &World, release: &std::path::Path) -> String {
-    let script = world.scratch.path(&format!(
+fn held_ssh(client: &Client, scratch: &Scratch, release: &std::path::Path) -> String {
+    let script = scratch.path(&format!(
         "held-{}.sh",
         release.file_name().expect("name").to_string_lossy()
     ));
@@ -154,7 +154,7 @@ fn held_ssh(world: &World, release: &std::path::Path) -> String {
         format!(
             "#!/bin/sh\n{{ while [ ! -e '{}' ]; do sleep 0.05; done; exec cat; }} | {} \"$@\"\n",
             release.display(),
-            world.alice.ssh_command()
+            client.ssh_command()
         ),
     )
     .expect("script");
@@ -174,7 +174,10 @@ fn pushes_to_one_webspace_wait_for_each_other() {
             &app,
             &["push", &world.server.url("blog.git"), "HEAD:refs/heads/one"],
         )
-        .env("GIT_SSH_COMMAND", held_ssh(&world, &release))
+        .env(
+            "GIT_SSH_COMMAND",
+            held_ssh(&world.alice, &world.scratch, &release),
+        )
         .env("GIT_SSH_VARIANT", "ssh")
         .stderr(fs::File::create(&log).expect("log"))
         .spawn()
@@ -241,7 +244,10 @@ fn pushes_to_different_webspaces_overlap() {
     let mut held = world
         .alice
         .git_command(&app, &["push", &world.server.url("blog.git"), "main"])
-        .env("GIT_SSH_COMMAND", held_ssh(&world, &release))
+        .env(
+            "GIT_SSH_COMMAND",
+            held_ssh(&world.alice, &world.scratch, &release),
+        )
         .env("GIT_SSH_VARIANT", "ssh")
         .stderr(Stdio::null())
         .spawn()
@@ -334,4 +340,64 @@ impl ProcessGroup for std::process::Command {
     fn process_group(&mut self, group: i32) -> &mut Self {
         std::os::unix::process::CommandExt::process_group(self, group)
     }
+}
+
+#[test]
+fn sigterm_lets_a_running_push_finish_and_takes_no_new_work() {
+    let World {
+        scratch,
+        server,
+        alice,
+    } = World::new();
+    let app = scratch.path("app");
+    work_tree(&alice, &app, &[("a", "1")]);
+    let release = scratch.path("release");
+    let url = server.url("blog.git");
+    let mut held = alice
+        .git_command(&app, &["push", &url, "main"])
+        .env("GIT_SSH_COMMAND", held_ssh(&alice, &scratch, &release))
+        .env("GIT_SSH_VARIANT", "ssh")
+        .stderr(fs::File::create(scratch.path("held.err")).expect("log"))
+        .spawn()
+        .expect("held push");
+    wait_for("the push to be running", Duration::from_secs(20), || {
+        server.log().contains("push lock acquired")
+    });
+
+    server.terminate();
+    wait_for(
+        "the server to begin its drain",
+        Duration::from_secs(20),
+        || server.log().contains("shutting down"),
+    );
+    let refused = alice.git(&app, &["ls-remote", &url]);
+    assert!(
+        !refused.status.success(),
+        "new connections are refused while draining"
+    );
+    assert!(
+        held.try_wait().expect("poll").is_none(),
+        "the running push is not cut"
+    );
+
+    fs::write(&release, "").expect("release");
+    assert!(
+        held.wait().expect("held push").success(),
+        "the running push finished: {}\n{}",
+        fs::read_to_string(scratch.path("held.err")).unwrap_or_default(),
+        server.log()
+    );
+    let output = server.wait_stopped();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("every running push finished"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let repository = scratch.data().join("repos/blog.git");
+    assert_eq!(
+        rev_parse(&repository, "refs/heads/main"),
+        rev_parse(&app, "HEAD")
+    );
+    assert_fsck(&repository);
 }

@@ -43,6 +43,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_MAX: usize = 3;
 /// Authentication attempts per connection, as OpenSSH's `MaxAuthTries`.
 pub const MAX_AUTH_ATTEMPTS: usize = 6;
+/// After a drain, how long clients get to read their last exit status and close their
+/// connections before the rest (idle or unauthenticated ones) are disconnected.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Longest `GIT_PROTOCOL` value passed to git (`version=2` is 9 bytes).
 const MAX_GIT_PROTOCOL: usize = 64;
 
@@ -148,9 +151,16 @@ pub async fn run<S: Store>(
         shared.kill.cancel();
         shared.commands.wait().await;
     }
-    closing.cancel();
+    // Clients close their connections once their command's exit status arrived; disconnecting
+    // at once could overtake that status (the push would look failed though its refs moved).
     connections.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+    if tokio::time::timeout(CLOSE_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        closing.cancel();
+        let _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
+    }
     index_stop.cancel();
     Ok(Drain { finished })
 }

@@ -205,9 +205,19 @@ impl Server {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn stop(mut self) -> Output {
+    pub fn stop(self) -> Output {
+        self.terminate();
+        self.wait_stopped()
+    }
+
+    /// Sends SIGTERM: the server stops accepting and drains.
+    pub fn terminate(&self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Waits for the server to exit (after [`Server::terminate`]); its stdout and exit status.
+    pub fn wait_stopped(mut self) -> Output {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.child.try_wait().expect("wait").is_none() {
             assert!(
