@@ -1,0 +1,204 @@
+//! The desired state: for each Webspace and branch, the newest promoted Release, with what it
+//! needs to run (image, port, env, replicas) and the hosts it answers on.
+//!
+//! # Guarantees
+//! Level-based and deterministic: the same resources give the same deployments in the same
+//! order, whatever happened before. A release that failed (or is only staged, or superseded)
+//! never becomes desired, so the previous promoted release keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+
+use slipway_api::names::branch_label;
+use slipway_api::{Release, Runtime, Webspace};
+
+use crate::hosts::Hosts;
+
+/// Port an app listens on when neither the Webspace nor its Runtime says.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Release phases that may serve traffic.
+const SERVABLE: &[&str] = &["Promoted", "Live"];
+
+/// One branch of one webspace, as it should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// Webspace name.
+    pub webspace: String,
+    /// Branch as pushed.
+    pub branch: String,
+    /// The branch as a DNS label (container and object names).
+    pub label: String,
+    /// Name of the Release that should serve.
+    pub release: String,
+    /// Image reference (with digest when it was pushed).
+    pub image: String,
+    /// Port the app listens on; also passed as `PORT`.
+    pub port: u16,
+    /// Instances.
+    pub replicas: i32,
+    /// The app's environment: `spec.env` plus `PORT`.
+    pub env: BTreeMap<String, String>,
+    /// Hosts routed to it; empty for a preview when previews are off.
+    pub hosts: Vec<String>,
+}
+
+fn phase(release: &Release) -> &str {
+    release
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+/// Decides what should run. See the module's guarantees.
+pub fn desired(
+    webspaces: &[Webspace],
+    releases: &[Release],
+    runtimes: &[Runtime],
+    hosts: &Hosts,
+) -> Vec<Deployment> {
+    let by_name: HashMap<&str, &Webspace> = webspaces
+        .iter()
+        .filter_map(|w| w.metadata.name.as_deref().map(|n| (n, w)))
+        .collect();
+    let mut newest: BTreeMap<(&str, &str), &Release> = BTreeMap::new();
+    for release in releases {
+        if !SERVABLE.contains(&phase(release))
+            || !by_name.contains_key(release.spec.webspace.as_str())
+        {
+            continue;
+        }
+        let key = (release.spec.webspace.as_str(), release.spec.branch.as_str());
+        let order = |r: &Release| {
+            (
+                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                r.metadata.name.clone(),
+            )
+        };
+        match newest.get(&key) {
+            Some(current) if order(current) >= order(release) => {}
+            _ => {
+                newest.insert(key, release);
+            }
+        }
+    }
+    newest
+        .into_iter()
+        .filter_map(|((name, branch), release)| {
+            let webspace = by_name.get(name)?;
+            let runtime_port = webspace.spec.runtime.as_deref().and_then(|r| {
+                runtimes
+                    .iter()
+                    .find(|rt| rt.metadata.name.as_deref() == Some(r))
+                    .map(|rt| rt.spec.port)
+            });
+            let port = webspace.spec.port.or(runtime_port).unwrap_or(DEFAULT_PORT);
+            let mut env = webspace.spec.env.clone();
+            env.insert("PORT".to_owned(), port.to_string());
+            Some(Deployment {
+                webspace: name.to_owned(),
+                branch: branch.to_owned(),
+                label: branch_label(branch),
+                release: release.metadata.name.clone().unwrap_or_default(),
+                image: release.spec.image.clone(),
+                port,
+                replicas: webspace.spec.replicas,
+                env,
+                hosts: hosts.for_branch(webspace, branch),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hosts::HostStyle;
+    use slipway_api::resources::ReleaseStatus;
+    use slipway_api::{ReleaseSpec, WebspaceSpec};
+
+    fn webspace(name: &str) -> Webspace {
+        let spec: WebspaceSpec = serde_json::from_value(
+            serde_json::json!({"customer": "alice", "env": {"MODE": "prod"}}),
+        )
+        .expect("spec");
+        Webspace::new(name, spec)
+    }
+
+    fn release(name: &str, webspace: &str, branch: &str, phase: &str, at: &str) -> Release {
+        let mut release = Release::new(
+            name,
+            ReleaseSpec {
+                webspace: webspace.into(),
+                branch: branch.into(),
+                commit: "c".into(),
+                tree: "t".into(),
+                image: format!("registry/{webspace}:{name}"),
+                pusher: "SHA256:x".into(),
+            },
+        );
+        release.metadata.creation_timestamp =
+            Some(serde_json::from_value(serde_json::json!(at)).expect("time"));
+        release.status = Some(ReleaseStatus {
+            phase: Some(phase.into()),
+            reason: None,
+        });
+        release
+    }
+
+    fn hosts() -> Hosts {
+        Hosts {
+            domain: "localhost".into(),
+            style: HostStyle::Nested,
+        }
+    }
+
+    #[test]
+    fn newest_promoted_release_per_branch_serves() {
+        let releases = [
+            release("old", "blog", "main", "Superseded", "2026-01-01T00:00:00Z"),
+            release("live", "blog", "main", "Live", "2026-01-02T00:00:00Z"),
+            release("new", "blog", "main", "Promoted", "2026-01-03T00:00:00Z"),
+            release("staged", "blog", "main", "Staged", "2026-01-04T00:00:00Z"),
+            release("broken", "blog", "main", "Failed", "2026-01-05T00:00:00Z"),
+            release(
+                "feat",
+                "blog",
+                "feature-x",
+                "Promoted",
+                "2026-01-01T00:00:00Z",
+            ),
+            release("orphan", "gone", "main", "Promoted", "2026-01-01T00:00:00Z"),
+        ];
+        let out = desired(&[webspace("blog")], &releases, &[], &hosts());
+        let summary: Vec<_> = out
+            .iter()
+            .map(|d| (d.branch.as_str(), d.release.as_str(), d.hosts.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "feature-x",
+                    "feat",
+                    vec!["feature-x.blog.localhost".to_owned()]
+                ),
+                ("main", "new", vec!["blog.localhost".to_owned()]),
+            ]
+        );
+        assert_eq!(out[1].env.get("PORT").map(String::as_str), Some("8080"));
+        assert_eq!(out[1].env.get("MODE").map(String::as_str), Some("prod"));
+    }
+
+    #[test]
+    fn nothing_promoted_means_nothing_runs() {
+        let releases = [release(
+            "s",
+            "blog",
+            "main",
+            "Staged",
+            "2026-01-01T00:00:00Z",
+        )];
+        assert!(desired(&[webspace("blog")], &releases, &[], &hosts()).is_empty());
+    }
+}
