@@ -6,6 +6,7 @@
 
 pub mod desired;
 pub mod hosts;
+pub mod router;
 
 pub use desired::{Deployment, desired};
 pub use hosts::{HostStyle, Hosts};
