@@ -53,6 +53,9 @@ pub struct HookArgs {
     /// Home directory, for `~/.docker` when `DOCKER_CONFIG` is unset.
     #[arg(long, env = "HOME", hide = true)]
     home: Option<PathBuf>,
+    /// `1` when an operator on this host rolls releases out (`slipway up`).
+    #[arg(long, env = env::ROLLOUT, default_value = "0")]
+    rollout: String,
     /// Builds running at once on this host.
     #[arg(long, env = env::MAX_BUILDS, default_value_t = 2)]
     max_builds: usize,
@@ -76,6 +79,7 @@ pub fn run(args: HookArgs) -> ExitCode {
         pusher: args.pusher,
         registry: args.registry.filter(|r| !r.is_empty()),
         build: args.build != "0",
+        rollout: args.rollout == "1",
         docker_config: args
             .docker_config
             .or_else(|| args.home.map(|home| home.join(".docker"))),

@@ -26,8 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything on this host: the SSH git server (builds, operator and router follow).
-    Up(ServerArgs),
+    /// Run everything on this host: SSH git server, builds, operator, Docker driver and router.
+    Up(UpArgs),
     /// Run only the SSH git server.
     GitServer(ServerArgs),
     /// Create or update resources from YAML (multi-document; `-` reads stdin).
@@ -68,6 +68,30 @@ struct ServerArgs {
     /// Seconds a push waits for an earlier push to the same webspace.
     #[arg(long, default_value_t = 1200)]
     push_wait: u64,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Address the HTTP router listens on.
+    #[arg(long, env = env::HTTP_LISTEN, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Domain of the app hosts: `WEBSPACE.DOMAIN`, previews `BRANCH.WEBSPACE.DOMAIN`.
+    #[arg(long, env = env::DOMAIN, default_value = "localhost")]
+    domain: String,
+    /// Preview hosts as `BRANCH--WEBSPACE.DOMAIN` (one wildcard certificate covers them).
+    #[arg(long)]
+    flat_previews: bool,
+    /// Path a new release must answer (any status below 500) before it takes traffic.
+    #[arg(long, default_value = "/")]
+    health_path: String,
+    /// Seconds a new release has to answer its health check.
+    #[arg(long, default_value_t = 30)]
+    health_timeout: u64,
+    /// Seconds an old release keeps running after traffic moved away from it.
+    #[arg(long, default_value_t = 2)]
+    drain: u64,
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +171,11 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up(args) | Command::GitServer(args) => serve(args).await,
+        Command::Up(args) => {
+            let rollout = rollout_settings(&args);
+            serve(args.server, Some(rollout)).await
+        }
+        Command::GitServer(args) => serve(args, None).await,
         Command::Apply(args) => apply(args).await,
         Command::Get(args) => get(args).await,
         Command::Delete(args) => delete(args).await,
@@ -161,7 +189,40 @@ fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
         .with_context(|| format!("cannot open data directory {}", data.display()))
 }
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+/// What `slipway up` adds to the git server: where the router listens, and the operator.
+struct Rollout {
+    http_listen: SocketAddr,
+    settings: slipway_operator::single_host::Settings,
+}
+
+fn rollout_settings(args: &UpArgs) -> Rollout {
+    let port = args.http_listen.port();
+    Rollout {
+        http_listen: args.http_listen,
+        settings: slipway_operator::single_host::Settings {
+            hosts: slipway_operator::Hosts {
+                domain: args.domain.clone(),
+                style: if args.flat_previews {
+                    slipway_operator::HostStyle::Flat
+                } else {
+                    slipway_operator::HostStyle::Nested
+                },
+            },
+            url_scheme: "http://".to_owned(),
+            url_port: if port == 80 {
+                String::new()
+            } else {
+                format!(":{port}")
+            },
+            health_path: args.health_path.clone(),
+            health_timeout: Duration::from_secs(args.health_timeout),
+            drain: Duration::from_secs(args.drain),
+            instance: String::new(),
+        },
+    }
+}
+
+async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()> {
     let data = std::path::absolute(&args.data.data).context("cannot resolve --data")?;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone())?;
@@ -180,16 +241,57 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         exe: std::env::current_exe().context("cannot find the slipway executable")?,
         registry: args.registry,
         build: !args.no_build,
+        rollout: rollout.is_some(),
         environment,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         push_wait: Duration::from_secs(args.push_wait),
     };
+    say(&format!("slipway git server listening on {address}"));
+    let mut background = Vec::new();
+    if let Some(rollout) = rollout {
+        let http = TcpListener::bind(rollout.http_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", rollout.http_listen))?;
+        let http_address = http.local_addr()?;
+        let mut settings = rollout.settings;
+        settings.instance = slipway_operator::docker::instance(&data);
+        if rollout.http_listen.port() == 0 {
+            settings.url_port = format!(":{}", http_address.port());
+        }
+        let docker = bollard::Docker::connect_with_defaults()
+            .context("cannot reach the Docker engine")?
+            .negotiate_version()
+            .await
+            .context(
+                "cannot reach the Docker engine (is dockerd running? `scripts/services` starts it)",
+            )?;
+        let table = slipway_operator::router::RouteTable::default();
+        say(&format!(
+            "slipway router listening on {http_address}: apps at http://WEBSPACE.{}{}",
+            settings.hosts.domain, settings.url_port
+        ));
+        background.push(tokio::spawn(slipway_operator::router::run(
+            http,
+            table.clone(),
+            shutdown.clone(),
+        )));
+        background.push(tokio::spawn(slipway_operator::single_host::run(
+            store.clone(),
+            docker,
+            table,
+            settings,
+            shutdown.clone(),
+        )));
+    }
     say(&format!(
-        "slipway git server listening on {address}\n  host key {}\n  data {}\n  push with: git push ssh://git@{address}/WEBSPACE.git main",
+        "  host key {}\n  data {}\n  push with: git push ssh://git@{address}/WEBSPACE.git main",
         slipway_git_server::host_key::fingerprint(&key),
         data.display()
     ));
     let drain = slipway_git_server::run(listener, config, store, shutdown).await?;
+    for task in background {
+        let _ = task.await;
+    }
     if drain.finished {
         say("slipway: stopped; every running push finished");
     } else {

@@ -10,6 +10,10 @@
 pub const DATA: &str = "SLIPWAY_DATA";
 /// Address the SSH git server listens on, e.g. `127.0.0.1:2222`.
 pub const SSH_LISTEN: &str = "SLIPWAY_SSH_LISTEN";
+/// Address the HTTP router of `slipway up` listens on, e.g. `127.0.0.1:8080`.
+pub const HTTP_LISTEN: &str = "SLIPWAY_HTTP_LISTEN";
+/// Domain of app hosts (`WEBSPACE.DOMAIN`), default `localhost`.
+pub const DOMAIN: &str = "SLIPWAY_DOMAIN";
 /// Container registry images are pushed to (`HOST:PORT`); optional on a single host.
 pub const REGISTRY: &str = "SLIPWAY_REGISTRY";
 /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,slipway_git_server=debug`.
@@ -27,6 +31,10 @@ pub const EXE: &str = "SLIPWAY_EXE";
 /// Hook contract: `0` when the server was started with `--no-build` (a plain git host: pushes
 /// are checked and accepted, nothing is built). Anything else, or unset, builds.
 pub const BUILD: &str = "SLIPWAY_BUILD";
+/// Hook contract: `1` when an operator on this host rolls releases out (`slipway up`): the
+/// pre-receive hook then starts the new release unrouted and checks its health, and the
+/// post-receive hook waits until it serves.
+pub const ROLLOUT: &str = "SLIPWAY_ROLLOUT";
 /// Hook setting: builds running at once on this host, across pushes (default 2).
 pub const MAX_BUILDS: &str = "SLIPWAY_MAX_BUILDS";
 /// Hook setting: seconds a build may take (default 900).

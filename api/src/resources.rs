@@ -197,12 +197,16 @@ pub struct ReleaseSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseStatus {
-    /// `Staged`, `Live`, `Failed` or `Superseded`.
+    /// `Staged` (built, ref not moved yet), `Promoted` (ref moved), `Live` (serving),
+    /// `Failed` or `Superseded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where it serves, once live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A resource that does not pass validation.

@@ -27,6 +27,8 @@ pub struct Config {
     pub registry: Option<String>,
     /// Whether the hooks build pushed branches (`false`: a plain git host).
     pub build: bool,
+    /// Whether an operator on this host rolls releases out (`slipway up`).
+    pub rollout: bool,
     /// Variables from the server's own environment given to git (see
     /// [`slipway_api::env::PASSED_FROM_SERVER`]).
     pub environment: Vec<(OsString, OsString)>,

@@ -671,6 +671,10 @@ async fn execute<S: Store>(
         env::BUILD,
         if shared.config.build { "1" } else { "0" }.into(),
     );
+    set(
+        env::ROLLOUT,
+        if shared.config.rollout { "1" } else { "0" }.into(),
+    );
     if let Some(registry) = &shared.config.registry {
         set(env::REGISTRY, registry.into());
     }

@@ -37,6 +37,9 @@ pub struct Config {
     pub registry: Option<String>,
     /// Whether to build (`false` on a plain git host started with `--no-build`).
     pub build: bool,
+    /// Whether an operator on this host rolls releases out (`slipway up`): pre-receive then
+    /// starts each release unrouted and requires it to answer, post-receive waits until it serves.
+    pub rollout: bool,
     /// Docker client configuration directory (`DOCKER_CONFIG`, else `~/.docker`), for
     /// registry credentials.
     pub docker_config: Option<PathBuf>,
@@ -224,8 +227,142 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             .await
             .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
         reporter.say(&format!("slipway: staged release `{name}` for `{branch}`"));
+        if config.rollout {
+            start_unrouted(config, &store, &docker, &webspace, &release, reporter).await?;
+        }
     }
     Ok(())
+}
+
+/// Starts a staged release beside the serving one, without traffic, and requires it to answer
+/// its health check; otherwise the push is rejected, the container removed and the Release
+/// deleted, with the probe result, the exit code and the last log lines for the pusher.
+async fn start_unrouted(
+    config: &Config,
+    store: &DirectoryStore,
+    docker: &bollard::Docker,
+    webspace: &Webspace,
+    release: &Release,
+    reporter: &Reporter,
+) -> Result<(), ()> {
+    use slipway_operator::docker as driver;
+    let runtimes = store
+        .list::<Runtime>()
+        .await
+        .map_err(|e| reporter.failure("the server cannot read its configuration", &e))?;
+    let mut promoted = release.clone();
+    promoted.status = Some(slipway_api::resources::ReleaseStatus {
+        phase: Some(release::PROMOTED.to_owned()),
+        ..Default::default()
+    });
+    let hosts = slipway_operator::Hosts {
+        domain: "localhost".to_owned(),
+        style: slipway_operator::HostStyle::Nested,
+    };
+    let Some(deployment) = slipway_operator::desired(
+        std::slice::from_ref(webspace),
+        &[promoted],
+        &runtimes,
+        &hosts,
+    )
+    .into_iter()
+    .next() else {
+        return Ok(());
+    };
+    let branch = &release.spec.branch;
+    let container = driver::ensure(
+        docker,
+        &slipway_operator::docker::instance(&config.data),
+        &deployment,
+    )
+    .await
+    .map_err(|e| reporter.failure("the server cannot start the release", &e))?;
+    let probe = driver::wait_ready(
+        docker,
+        &container,
+        driver::DEFAULT_HEALTH_PATH,
+        driver::DEFAULT_HEALTH_TIMEOUT,
+    )
+    .await;
+    match probe {
+        Ok(status) => {
+            reporter.say(&format!(
+                "slipway: `{branch}` started and answers `{}` (HTTP {status})",
+                driver::DEFAULT_HEALTH_PATH
+            ));
+            Ok(())
+        }
+        Err(probe) => {
+            let (state, logs) = driver::diagnose(docker, &container.id).await;
+            driver::remove(docker, &container.id).await;
+            if let Some(name) = release.metadata.name.as_deref() {
+                let _ = store.delete::<Release>(name).await;
+            }
+            reporter.error(
+                &format!(
+                    "`{branch}` did not become healthy on `{}` ({probe}; the container {state}); the previous release keeps serving",
+                    driver::DEFAULT_HEALTH_PATH,
+                ),
+                Some(&format!(
+                    "the app must listen on $PORT ({}) and answer HTTP on `{}`",
+                    deployment.port,
+                    driver::DEFAULT_HEALTH_PATH
+                )),
+            );
+            if !logs.is_empty() {
+                reporter.say("slipway: last lines of its log:");
+                for line in logs {
+                    reporter.say(&format!("  | {}", report::clean(&line)));
+                }
+            }
+            Err(())
+        }
+    }
+}
+
+/// Longest post-receive waits for the operator to put a release live.
+const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until the operator took `name` live (or failed it), and tells the pusher.
+async fn report_rollout(store: &DirectoryStore, branch: &str, name: &str, reporter: &Reporter) {
+    let deadline = tokio::time::Instant::now() + LIVE_WAIT;
+    loop {
+        let status = store
+            .get::<Release>(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.status)
+            .unwrap_or_default();
+        match status.phase.as_deref() {
+            Some("Live") => {
+                reporter.say(&format!(
+                    "slipway: deployed `{branch}` → {}",
+                    status.url.unwrap_or_default()
+                ));
+                return;
+            }
+            Some("Failed") => {
+                reporter.error(
+                    &format!(
+                        "`{branch}` failed to go live: {}; the previous release keeps serving",
+                        status.reason.unwrap_or_default()
+                    ),
+                    None,
+                );
+                return;
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            reporter.say(&format!(
+                "slipway: `{branch}` is not live after {}s; `slipway get releases` shows its state",
+                LIVE_WAIT.as_secs()
+            ));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Checks every branch of the push and prepares its build, before anything is built.
@@ -411,15 +548,17 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
             }
         }
         match update {
-            Update::Branch { branch, commit } => reporter.say(&format!(
-                "slipway: `{branch}` at {} is released as `{}`; rollout is not enabled yet",
-                short(commit),
-                changed
-                    .iter()
-                    .find(|r| r.spec.commit == *commit)
-                    .and_then(|r| r.metadata.name.clone())
-                    .unwrap_or_default()
-            )),
+            Update::Branch { branch, commit } => {
+                let name = release::name(&config.webspace, branch, commit);
+                if config.rollout {
+                    report_rollout(&store, branch, &name, reporter).await;
+                } else {
+                    reporter.say(&format!(
+                        "slipway: `{branch}` at {} is released as `{name}`; this server does not run apps (`slipway up` does)",
+                        short(commit)
+                    ));
+                }
+            }
             Update::Deletion { branch } => reporter.say(&format!(
                 "slipway: branch `{branch}` deleted; its releases are retired"
             )),

@@ -62,6 +62,7 @@ pub fn staged(
     release.status = Some(ReleaseStatus {
         phase: Some(STAGED.to_owned()),
         reason: None,
+        ..Default::default()
     });
     release
 }
@@ -75,13 +76,15 @@ fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
     release.status = Some(ReleaseStatus {
         phase: Some(phase.to_owned()),
         reason: reason.map(str::to_owned),
+        ..Default::default()
     });
     release
 }
 
 /// The releases of `webspace` that change because `update` was applied: the staged release of
-/// the new commit is promoted and the branch's earlier promoted ones are superseded; a deleted
-/// branch's releases are all superseded.
+/// the new commit is promoted, staged leftovers of other commits are superseded, and promoted or
+/// live ones stay (the operator supersedes them once the new one serves, so a new release that
+/// fails leaves the previous one serving); a deleted branch's releases are all superseded.
 pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<Release> {
     fn of_branch<'a>(
         releases: &'a [Release],
@@ -97,10 +100,10 @@ pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<
             let mut changed = Vec::new();
             for release in of_branch(releases, webspace, branch) {
                 if release.spec.commit == *commit {
-                    if phase(release) != Some(PROMOTED) {
+                    if phase(release) == Some(STAGED) {
                         changed.push(with_phase(release, PROMOTED, None));
                     }
-                } else if matches!(phase(release), Some(STAGED | PROMOTED)) {
+                } else if phase(release) == Some(STAGED) {
                     changed.push(with_phase(
                         release,
                         SUPERSEDED,
@@ -133,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn promotion_supersedes_the_branchs_older_release() {
+    fn promotion_leaves_the_serving_release_to_the_operator() {
         let old = with_phase(
             &staged("blog", "main", "a1", "t1", "img:1", "k"),
             PROMOTED,
@@ -153,6 +156,10 @@ mod tests {
             .iter()
             .map(|r| (r.spec.commit.as_str(), phase(r).unwrap_or_default()))
             .collect();
-        assert_eq!(phases, [("a1", SUPERSEDED), ("b2", PROMOTED)]);
+        assert_eq!(
+            phases,
+            [("b2", PROMOTED)],
+            "the serving release stays until the new one serves"
+        );
     }
 }

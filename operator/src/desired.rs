@@ -142,6 +142,7 @@ mod tests {
         release.status = Some(ReleaseStatus {
             phase: Some(phase.into()),
             reason: None,
+            ..Default::default()
         });
         release
     }

@@ -5,8 +5,10 @@
 //! cluster) are the next step; they apply what these functions decide.
 
 pub mod desired;
+pub mod docker;
 pub mod hosts;
 pub mod router;
+pub mod single_host;
 
 pub use desired::{Deployment, desired};
 pub use hosts::{HostStyle, Hosts};

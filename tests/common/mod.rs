@@ -121,6 +121,8 @@ pub fn apply_ok(data: &Path, yaml: &str) {
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// The router's port, for `slipway up`.
+    pub http_port: Option<u16>,
     pub data: PathBuf,
     pub log: PathBuf,
 }
@@ -132,6 +134,17 @@ impl Server {
 
     /// Starts with extra `slipway git-server` arguments and environment variables.
     pub fn start_with(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn("git-server", data, args, envs)
+    }
+
+    /// `slipway up` with its router on 127.0.0.1:0.
+    pub fn up(data: &Path, args: &[&str]) -> Self {
+        let mut all = vec!["--http-listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::spawn("up", data, &all, &[])
+    }
+
+    fn spawn(subcommand: &str, data: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         fs::create_dir_all(data).expect("data dir");
         let log = data.join("server.log");
         let stderr = fs::OpenOptions::new()
@@ -141,7 +154,7 @@ impl Server {
             .expect("log file");
         let mut child = Command::new(SLIPWAY)
             .args([
-                "git-server",
+                subcommand,
                 "--ssh-listen",
                 "127.0.0.1:0",
                 "--shutdown-grace",
@@ -162,6 +175,15 @@ impl Server {
         reader
             .read_line(&mut first)
             .expect("server prints its address");
+        let mut http_port = None;
+        if subcommand == "up" {
+            let mut second = String::new();
+            reader.read_line(&mut second).expect("router address");
+            http_port = second
+                .split_whitespace()
+                .find_map(|w| w.trim_end_matches(':').rsplit(':').next()?.parse().ok());
+            assert!(http_port.is_some(), "no router port in {second:?}");
+        }
         let stdout_copy = data.join("server.out");
         // Keep reading, like a terminal would, and keep what it says for the tests.
         std::thread::spawn(move || {
@@ -186,6 +208,7 @@ impl Server {
         Self {
             child,
             port,
+            http_port,
             data: data.to_owned(),
             log,
         }

@@ -1,0 +1,343 @@
+//! The single-host driver: one container per (webspace, branch, release), found again by its
+//! labels after a restart, published on 127.0.0.1 only, with an init process as PID 1 (without
+//! one most app servers ignore SIGTERM and every stop waits the full 10 s grace).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::desired::Deployment;
+
+/// Label holding the webspace name.
+pub const LABEL_WEBSPACE: &str = "dev.slipway.webspace";
+/// Label holding the branch's DNS label.
+pub const LABEL_BRANCH: &str = "dev.slipway.branch";
+/// Label holding the release name.
+pub const LABEL_RELEASE: &str = "dev.slipway.release";
+/// Label naming the Slipway installation (its data directory) that owns the container, so two
+/// installations on one engine never adopt or remove each other's containers.
+pub const LABEL_INSTANCE: &str = "dev.slipway.instance";
+
+/// The installation id of a data directory: 12 hex digits of a hash of its absolute path
+/// (FNV-1a: stable across builds and platforms, unlike `DefaultHasher`).
+pub fn instance(data: &std::path::Path) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:012x}", hash & 0xffff_ffff_ffff)
+}
+
+/// Memory of one app container: 512 MiB fits the usual small web app; the Webspace resource
+/// has no field for it yet.
+const MEMORY: i64 = 512 << 20;
+/// CPU of one app container, in billionths of a CPU: one CPU.
+const NANO_CPUS: i64 = 1_000_000_000;
+/// Path probed when nothing else is configured: any status below 500 counts as healthy.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+/// Time a new release has to answer: long enough for an interpreter to boot and load an app,
+/// short enough that a push that will never serve fails while the pusher still watches.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Log lines shown when a release does not become healthy.
+const LOG_LINES: &str = "20";
+
+/// An app container Slipway started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppContainer {
+    /// Container id.
+    pub id: String,
+    /// Webspace label.
+    pub webspace: String,
+    /// Branch label.
+    pub branch: String,
+    /// Release label.
+    pub release: String,
+    /// Where its port is published, when it runs.
+    pub address: Option<SocketAddr>,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+/// The container name of a release: release names are DNS labels, unique per release within
+/// an installation.
+pub fn container_name(instance: &str, release: &str) -> String {
+    format!("slipway-{instance}-{release}")
+}
+
+/// Every container Slipway started (running or not).
+///
+/// # Errors
+/// When the engine does not answer.
+pub async fn list(
+    docker: &Docker,
+    instance: &str,
+) -> Result<Vec<AppContainer>, bollard::errors::Error> {
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_INSTANCE}={instance}")],
+            )])),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(containers
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            let address = c.ports.unwrap_or_default().into_iter().find_map(|p| {
+                let port = p.public_port?;
+                Some(SocketAddr::from(([127, 0, 0, 1], port)))
+            });
+            Some(AppContainer {
+                id: c.id?,
+                webspace: labels.get(LABEL_WEBSPACE)?.clone(),
+                branch: labels.get(LABEL_BRANCH)?.clone(),
+                release: labels.get(LABEL_RELEASE)?.clone(),
+                address,
+                running: matches!(
+                    c.state,
+                    Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+                ),
+            })
+        })
+        .collect())
+}
+
+/// Starts the container of `deployment`, or returns it if it already runs.
+///
+/// # Errors
+/// When the engine refuses.
+pub async fn ensure(
+    docker: &Docker,
+    instance: &str,
+    deployment: &Deployment,
+) -> Result<AppContainer, bollard::errors::Error> {
+    if let Some(existing) = list(docker, instance)
+        .await?
+        .into_iter()
+        .find(|c| c.release == deployment.release && c.running && c.address.is_some())
+    {
+        return Ok(existing);
+    }
+    let name = container_name(instance, &deployment.release);
+    // A stopped or half-created container of this release is replaced.
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    let port = format!("{}/tcp", deployment.port);
+    let labels = HashMap::from([
+        (LABEL_WEBSPACE.to_owned(), deployment.webspace.clone()),
+        (LABEL_BRANCH.to_owned(), deployment.label.clone()),
+        (LABEL_RELEASE.to_owned(), deployment.release.clone()),
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(deployment.image.clone()),
+        env: Some(
+            deployment
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        exposed_ports: Some(vec![port.clone()]),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            port_bindings: Some(HashMap::from([(
+                port,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_owned()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            init: Some(true),
+            memory: Some(MEMORY),
+            nano_cpus: Some(NANO_CPUS),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await?;
+    docker.start_container(&name, None).await?;
+    let inspect = docker.inspect_container(&name, None).await?;
+    let address = inspect
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|ports| {
+            ports
+                .into_values()
+                .flatten()
+                .flatten()
+                .find_map(|b| b.host_port?.parse::<u16>().ok())
+        })
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    Ok(AppContainer {
+        id: inspect.id.unwrap_or(name),
+        webspace: deployment.webspace.clone(),
+        branch: deployment.label.clone(),
+        release: deployment.release.clone(),
+        address,
+        running: true,
+    })
+}
+
+/// One HTTP probe: the status code of `GET path`, if the app answered at all.
+async fn probe(address: SocketAddr, path: &str) -> Option<u16> {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: slipway-health\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Waits until the app answers `path` with a status below 500.
+///
+/// # Errors
+/// The last probe result when `timeout` passed first.
+pub async fn wait_healthy(
+    address: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = "no answer".to_owned();
+    loop {
+        match probe(address, path).await {
+            Some(status) if status < 500 => return Ok(status),
+            Some(status) => last = format!("HTTP {status}"),
+            None => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Like [`wait_healthy`], but gives up as soon as the container stopped running (an app that
+/// crashes at start fails in a second, not after the whole timeout).
+///
+/// # Errors
+/// The last probe result, or that the container exited.
+pub async fn wait_ready(
+    docker: &Docker,
+    container: &AppContainer,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = "no answer".to_owned();
+    loop {
+        let answer = match container.address {
+            Some(address) => probe(address, path).await,
+            None => None,
+        };
+        match answer {
+            Some(status) if status < 500 => return Ok(status),
+            Some(status) => last = format!("HTTP {status}"),
+            None => {}
+        }
+        let state = docker
+            .inspect_container(&container.id, None)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .unwrap_or_default();
+        // A crashing app under a restart policy shows as restarting, not running.
+        if state.running != Some(true) || state.restarting == Some(true) {
+            return Err(format!("{last}; it stopped"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Why a container is unhealthy: its state and exit code, and its last log lines.
+pub async fn diagnose(docker: &Docker, id: &str) -> (String, Vec<String>) {
+    let state = match docker.inspect_container(id, None).await {
+        Ok(inspect) => {
+            let state = inspect.state.unwrap_or_default();
+            match (state.running, state.restarting, state.exit_code) {
+                (Some(true), Some(false) | None, _) => "is running".to_owned(),
+                (_, _, Some(code)) => format!("exited with code {code}"),
+                _ => "is not running".to_owned(),
+            }
+        }
+        Err(error) => format!("unknown ({error})"),
+    };
+    let mut lines = Vec::new();
+    let mut logs = docker.logs(
+        id,
+        Some(LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: LOG_LINES.to_owned(),
+            ..Default::default()
+        }),
+    );
+    while let Some(Ok(chunk)) = logs.next().await {
+        lines.extend(
+            String::from_utf8_lossy(&chunk.into_bytes())
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    (state, lines)
+}
+
+/// Stops and removes a container (its init process makes the stop quick).
+pub async fn remove(docker: &Docker, id: &str) {
+    if let Err(error) = docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        tracing::warn!(%id, %error, "cannot remove container");
+    }
+}

@@ -1,0 +1,254 @@
+//! The single-host operator loop: makes the containers and the router's table match the
+//! desired state, on every store change and every [`RECHECK`].
+//!
+//! # Guarantees
+//! - Level-based: each pass compares what should run with the containers found by their labels,
+//!   so after a restart it adopts what already runs instead of starting duplicates.
+//! - A release takes traffic only after it answered its health check; the routes of a branch
+//!   switch in one table swap; the previous container stops only after [`Settings::drain`].
+//! - A release that does not become healthy is marked `Failed` with the reason, its container
+//!   is removed, and the previous release keeps serving.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use slipway_api::resources::ReleaseStatus;
+use slipway_api::{Release, Runtime, Webspace};
+use slipway_store::{Store, StoreError};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::{Deployment, desired};
+use crate::docker;
+use crate::hosts::Hosts;
+use crate::router::{RouteTable, Routes};
+
+/// Full pass even without a change notification: catches containers that died or were removed
+/// behind Slipway's back.
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// How the loop behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Host names.
+    pub hosts: Hosts,
+    /// Base URL scheme and port suffix for status URLs, e.g. `http://` and `:8080`.
+    pub url_scheme: String,
+    /// `:8080`, or empty for port 80.
+    pub url_port: String,
+    /// Health check path.
+    pub health_path: String,
+    /// How long a new release has to answer.
+    pub health_timeout: Duration,
+    /// How long an old container keeps running after traffic left it.
+    pub drain: Duration,
+    /// This installation's id ([`docker::instance`] of the data directory).
+    pub instance: String,
+}
+
+impl Settings {
+    /// The URL of a deployment (its first host).
+    pub fn url(&self, deployment: &Deployment) -> Option<String> {
+        deployment
+            .hosts
+            .first()
+            .map(|host| format!("{}{host}{}", self.url_scheme, self.url_port))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    healthy: HashSet<String>,
+    removing: HashSet<String>,
+}
+
+/// Runs until `shutdown`.
+pub async fn run<S: Store>(
+    store: S,
+    docker: Docker,
+    table: RouteTable,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut changes = store.changes();
+    loop {
+        if let Err(error) = reconcile(&store, &docker, &table, &settings, &state).await {
+            tracing::warn!(%error, "reconcile failed; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = changes.recv() => {
+                // Coalesce a burst of changes into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while changes.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+}
+
+/// Errors of one pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine failed.
+    #[error("docker engine")]
+    Docker(#[from] bollard::errors::Error),
+}
+
+async fn set_phase<S: Store>(
+    store: &S,
+    release: &Release,
+    phase: &str,
+    reason: Option<String>,
+    url: Option<String>,
+) -> Result<(), StoreError> {
+    let mut updated = release.clone();
+    updated.status = Some(ReleaseStatus {
+        phase: Some(phase.to_owned()),
+        reason,
+        url,
+    });
+    if updated.status != release.status {
+        store.put(&updated).await?;
+    }
+    Ok(())
+}
+
+async fn reconcile<S: Store>(
+    store: &S,
+    docker: &Docker,
+    table: &RouteTable,
+    settings: &Settings,
+    state: &Arc<Mutex<State>>,
+) -> Result<(), ReconcileError> {
+    let webspaces = store.list::<Webspace>().await?;
+    let releases = store.list::<Release>().await?;
+    let runtimes = store.list::<Runtime>().await?;
+    let wanted = desired(&webspaces, &releases, &runtimes, &settings.hosts);
+    let by_name: HashMap<&str, &Release> = releases
+        .iter()
+        .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, r)))
+        .collect();
+    let mut routes: Routes = HashMap::new();
+    let mut serving: HashSet<String> = HashSet::new();
+    for deployment in &wanted {
+        let container = match docker::ensure(docker, &settings.instance, deployment).await {
+            Ok(container) => container,
+            Err(error) => {
+                tracing::warn!(release = %deployment.release, %error, "cannot start container");
+                continue;
+            }
+        };
+        let Some(address) = container.address else {
+            continue;
+        };
+        let known = state.lock().await.healthy.contains(&deployment.release);
+        if !known {
+            match docker::wait_ready(
+                docker,
+                &container,
+                &settings.health_path,
+                settings.health_timeout,
+            )
+            .await
+            {
+                Ok(_) => {
+                    state
+                        .lock()
+                        .await
+                        .healthy
+                        .insert(deployment.release.clone());
+                }
+                Err(probe) => {
+                    let (container_state, _) = docker::diagnose(docker, &container.id).await;
+                    tracing::warn!(release = %deployment.release, %probe, %container_state, "release is not healthy");
+                    docker::remove(docker, &container.id).await;
+                    if let Some(release) = by_name.get(deployment.release.as_str()) {
+                        set_phase(
+                            store,
+                            release,
+                            "Failed",
+                            Some(format!(
+                                "health check: {probe}; container {container_state}"
+                            )),
+                            None,
+                        )
+                        .await?;
+                    }
+                    continue;
+                }
+            }
+        }
+        for host in &deployment.hosts {
+            routes.insert(host.clone(), address);
+        }
+        serving.insert(deployment.release.clone());
+        if let Some(release) = by_name.get(deployment.release.as_str()) {
+            set_phase(store, release, "Live", None, settings.url(deployment)).await?;
+        }
+    }
+    table.replace(routes);
+    // Releases of a branch that now serves something newer are superseded.
+    for release in &releases {
+        let phase = release
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or_default();
+        let name = release.metadata.name.as_deref().unwrap_or_default();
+        let replaced = wanted.iter().any(|d| {
+            d.webspace == release.spec.webspace
+                && d.branch == release.spec.branch
+                && d.release != name
+                && serving.contains(&d.release)
+        });
+        if replaced && matches!(phase, "Live" | "Promoted") {
+            set_phase(
+                store,
+                release,
+                "Superseded",
+                Some("a newer release serves the branch".into()),
+                None,
+            )
+            .await?;
+        }
+    }
+    // Containers that serve nothing wanted stop after the drain delay. A staged release's
+    // container (started by pre-receive, not routed yet) is left alone.
+    let staged: HashSet<&str> = releases
+        .iter()
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Staged"))
+        .filter_map(|r| r.metadata.name.as_deref())
+        .collect();
+    for container in docker::list(docker, &settings.instance).await? {
+        if serving.contains(&container.release) || staged.contains(container.release.as_str()) {
+            continue;
+        }
+        let mut guard = state.lock().await;
+        if !guard.removing.insert(container.id.clone()) {
+            continue;
+        }
+        guard.healthy.remove(&container.release);
+        drop(guard);
+        let docker = docker.clone();
+        let state = state.clone();
+        let drain = if container.running {
+            settings.drain
+        } else {
+            Duration::ZERO
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            docker::remove(&docker, &container.id).await;
+            state.lock().await.removing.remove(&container.id);
+            tracing::info!(release = %container.release, "old container removed");
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! `slipway up` end to end: push, and the app answers through the router before `git push`
+//! returns; previews per branch; broken releases never take traffic. Real Docker engine.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const APP: &str =
+    "FROM slipway-test/busybox:latest\nCOPY . /www\nCMD exec httpd -f -p \"$PORT\" -h /www\n";
+
+/// `slipway up` with alice's webspace `web-<pid>`; removes its containers and images on drop.
+struct Host {
+    scratch: Scratch,
+    server: Option<Server>,
+    alice: Client,
+    name: String,
+}
+
+impl Host {
+    fn new() -> Self {
+        let scratch = Scratch::new();
+        let key = keygen(&scratch, "alice");
+        let name = format!("web-{}", std::process::id());
+        apply_ok(
+            &scratch.data(),
+            &(customer_yaml("alice", &[&key]) + &webspace_yaml(&name, "alice")),
+        );
+        let server = Server::up(&scratch.data(), &["--drain", "1"]);
+        Self {
+            scratch,
+            server: Some(server),
+            alice: Client::new(&key),
+            name,
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server runs")
+    }
+
+    fn push(&self, app: &std::path::Path, refspecs: &[&str]) -> std::process::Output {
+        let url = self.server().url(&format!("{}.git", self.name));
+        let mut args = vec!["push", "-f", url.as_str()];
+        args.extend_from_slice(refspecs);
+        self.alice.git(app, &args)
+    }
+
+    /// GET / with `Host: HOST.localhost` through the router: (status, body).
+    fn get(&self, host: &str) -> (u16, String) {
+        http(
+            self.server().http_port.expect("router"),
+            &format!("{host}.localhost"),
+        )
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let output = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=dev.slipway.webspace={}", self.name),
+            ])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+        let images = Command::new("docker")
+            .args(["image", "ls", "-q", &format!("slipway/{}", self.name)])
+            .output();
+        if let Ok(images) = images {
+            let ids: Vec<String> = String::from_utf8_lossy(&images.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+fn http(port: u16, host: &str) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes());
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn site(host: &Host, text: &str) -> std::path::PathBuf {
+    let app = host.scratch.path("app");
+    work_tree(
+        &host.alice,
+        &app,
+        &[("Dockerfile", APP), ("index.html", text)],
+    );
+    app
+}
+
+#[test]
+fn a_push_is_served_before_git_push_returns_and_branches_get_previews() {
+    let host = Host::new();
+    let app = site(&host, &format!("v1 of {}\n", host.name));
+    let push = host.push(&app, &["main"]);
+    assert_ok(&push);
+    let said = stderr(&push);
+    assert!(
+        said.contains(&format!(
+            "remote: slipway: deployed `main` → http://{}.localhost:",
+            host.name
+        )),
+        "{said}"
+    );
+    // No waiting: the push returned, so the app answers now.
+    assert_eq!(
+        host.get(&host.name),
+        (200, format!("v1 of {}\n", host.name))
+    );
+
+    commit(&host.alice, &app, &[("index.html", "preview\n")], "preview");
+    assert_ok(&host.push(&app, &["HEAD:refs/heads/feature-x"]));
+    assert_eq!(
+        host.get(&format!("feature-x.{}", host.name)),
+        (200, "preview\n".to_owned())
+    );
+    assert_eq!(
+        host.get(&host.name).1,
+        format!("v1 of {}\n", host.name),
+        "production unchanged"
+    );
+    assert_eq!(host.containers().len(), 2);
+
+    assert_ok(&host.push(&app, &[":feature-x"]));
+    wait_for("the preview to go", Duration::from_secs(20), || {
+        host.get(&format!("feature-x.{}", host.name)).0 == 404
+    });
+    wait_for(
+        "the preview's container to go",
+        Duration::from_secs(20),
+        || host.containers().len() == 1,
+    );
+    assert_eq!(host.get("nobody").0, 404, "unknown host");
+}
+
+#[test]
+fn a_release_that_does_not_start_is_rejected_and_the_old_one_keeps_serving() {
+    let host = Host::new();
+    let app = site(&host, "good\n");
+    assert_ok(&host.push(&app, &["main"]));
+    commit(
+        &host.alice,
+        &app,
+        &[(
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\nCMD echo starting; echo cannot bind >&2; exit 3\n",
+        )],
+        "broken",
+    );
+    let push = host.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains("remote: error: `main` did not become healthy on `/`"),
+        "{said}"
+    );
+    assert!(said.contains("exited with code 3"), "{said}");
+    assert!(said.contains("remote:   | cannot bind"), "{said}");
+    assert_eq!(host.get(&host.name), (200, "good\n".to_owned()));
+    assert_eq!(host.containers().len(), 1, "no stray container");
+}
+
+#[test]
+fn a_redeploy_under_load_drops_no_request() {
+    let host = Host::new();
+    let app = site(&host, "one\n");
+    assert_ok(&host.push(&app, &["main"]));
+    let port = host.server().http_port.expect("router");
+    let target = format!("{}.localhost", host.name);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut bodies) =
+                (0, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = http(port, &target);
+                if status == 200 {
+                    ok += 1;
+                    bodies.insert(body);
+                } else {
+                    failed.push(status);
+                }
+            }
+            (ok, failed, bodies)
+        })
+    };
+    commit(&host.alice, &app, &[("index.html", "two\n")], "two");
+    assert_ok(&host.push(&app, &["main"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, bodies) = load.join().expect("load");
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {failed:?} ({ok} ok)",
+        failed.len()
+    );
+    assert!(
+        bodies.contains("one\n") && bodies.contains("two\n"),
+        "{bodies:?}"
+    );
+    assert_eq!(host.get(&host.name).1, "two\n");
+}
+
+#[test]
+fn restarting_up_keeps_apps_serving_without_duplicates() {
+    let mut host = Host::new();
+    let app = site(&host, "steady\n");
+    assert_ok(&host.push(&app, &["main"]));
+    let before = host.containers();
+    let server = host.server.take().expect("server");
+    server.stop();
+    host.server = Some(Server::up(&host.scratch.data(), &["--drain", "1"]));
+    wait_for(
+        "the app to be routed again",
+        Duration::from_secs(20),
+        || host.get(&host.name) == (200, "steady\n".to_owned()),
+    );
+    assert_eq!(host.containers(), before, "adopted, not restarted");
+}
