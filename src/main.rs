@@ -222,6 +222,48 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
     }
 }
 
+/// Opens a data directory that must already exist: `get` and `delete` in the wrong directory
+/// should say so, not create an empty one there.
+fn open_existing_store(data: &Path) -> anyhow::Result<DirectoryStore> {
+    if !data.join("resources").is_dir() {
+        bail!(
+            "no Slipway data directory at {}; pass --data DIR or set SLIPWAY_DATA (where `slipway up` keeps its data)",
+            data.display()
+        );
+    }
+    open_store(data)
+}
+
+/// Warns about references that point nowhere yet: a Webspace whose customer or runtime does not
+/// exist cannot be pushed to (or built without a Dockerfile).
+async fn warn_dangling(store: &DirectoryStore) -> anyhow::Result<()> {
+    use slipway_api::{Customer, Runtime, Webspace};
+    for webspace in store.list::<Webspace>().await? {
+        let name = webspace.metadata.name.clone().unwrap_or_default();
+        if store
+            .get::<Customer>(&webspace.spec.customer)
+            .await?
+            .is_none()
+        {
+            eprintln!(
+                "warning: webspace `{name}` belongs to customer `{}`, which does not exist",
+                webspace.spec.customer
+            );
+        }
+        if let Some(runtime) = &webspace.spec.runtime {
+            let shipped = slipway_runtimes::defaults()
+                .iter()
+                .any(|r| r.metadata.name.as_deref() == Some(runtime.as_str()));
+            if !shipped && store.get::<Runtime>(runtime).await?.is_none() {
+                eprintln!(
+                    "warning: webspace `{name}` uses runtime `{runtime}`, which does not exist"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()> {
     let data = std::path::absolute(&args.data.data).context("cannot resolve --data")?;
     let shutdown = CancellationToken::new();
@@ -323,6 +365,12 @@ fn say(text: &str) {
     let _ = stdout.flush();
 }
 
+/// Writes command output; a reader that went away (`slipway get ws | head`) ends it quietly.
+fn write_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// Cancels `shutdown` on the first SIGTERM or SIGINT. The handlers are installed before this
 /// returns, so a signal sent as soon as the server announced itself is never lost.
 fn on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -351,10 +399,17 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         std::fs::read_to_string(&args.file)
             .with_context(|| format!("cannot read {}", args.file.display()))?
     };
+    if !args.data.data.exists() {
+        eprintln!(
+            "note: creating the data directory {} (pass --data or set SLIPWAY_DATA to use another)",
+            args.data.data.display()
+        );
+    }
     let store = open_store(&args.data.data)?;
     for applied in slipway_store::apply_documents(&store, &text).await? {
         println!("{applied}");
     }
+    warn_dangling(&store).await?;
     Ok(())
 }
 
@@ -369,21 +424,21 @@ fn kind(word: &str) -> anyhow::Result<slipway_store::TableKind> {
 }
 
 async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.data.data)?;
+    let store = open_existing_store(&args.data.data)?;
     let format = match args.output {
         None => Format::Table,
         Some(Output::Yaml) => Format::Yaml,
         Some(Output::Json) => Format::Json,
     };
     let text = slipway_store::show(&store, kind(&args.kind)?, args.name.as_deref(), format).await?;
-    print!("{text}");
+    write_out(&text);
     Ok(())
 }
 
 async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     use slipway_api::{Customer, Release, Runtime, Webspace};
     use slipway_store::TableKind;
-    let store = open_store(&args.data.data)?;
+    let store = open_existing_store(&args.data.data)?;
     let kind = kind(&args.kind)?;
     let existed = match kind {
         TableKind::Customer => store.delete::<Customer>(&args.name).await?,
@@ -413,7 +468,7 @@ fn crds(args: CrdsArgs) -> anyhow::Result<()> {
         }
         None => {
             for (_, yaml) in documents {
-                print!("---\n{yaml}");
+                write_out(&format!("---\n{yaml}"));
             }
         }
     }

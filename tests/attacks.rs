@@ -440,3 +440,58 @@ fn unauthenticated_connections_do_not_get_a_shell_of_any_kind() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_deleted_webspace_does_not_hand_its_code_to_the_next_owner_of_the_name() {
+    let world = World::new();
+    let app = world.scratch.path("app");
+    work_tree(&world.alice, &app, &[("secret.txt", "alice's code\n")]);
+    assert_ok(
+        &world
+            .alice
+            .git(&app, &["push", &world.server.url("blog.git"), "main"]),
+    );
+
+    let delete = std::process::Command::new(SLIPWAY)
+        .args(["delete", "webspace", "blog", "--data"])
+        .arg(world.scratch.data())
+        .output()
+        .expect("slipway delete");
+    assert_ok(&delete);
+    wait_for(
+        "the repository to be retired",
+        Duration::from_secs(10),
+        || !world.repository("blog").exists(),
+    );
+    let bob_key = keygen(&world.scratch, "bob");
+    apply_ok(
+        &world.scratch.data(),
+        &(customer_yaml("bob", &[&bob_key]) + &webspace_yaml("blog", "bob")),
+    );
+    let bob = Client::new(&bob_key);
+    let clone = world.scratch.path("bobs-clone");
+    assert_ok(&bob.git(
+        world.scratch.dir.path(),
+        &[
+            "clone",
+            "-q",
+            &world.server.url("blog.git"),
+            clone.to_str().expect("utf-8"),
+        ],
+    ));
+    assert!(
+        rev_parse(&clone, "HEAD").is_none(),
+        "bob got alice's history"
+    );
+    assert!(!clone.join("secret.txt").exists());
+    assert!(
+        world
+            .scratch
+            .data()
+            .join("retired")
+            .read_dir()
+            .expect("retired")
+            .count()
+            == 1
+    );
+}

@@ -213,7 +213,7 @@ pub struct ReleaseStatus {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValidationError {
     /// `metadata.name` or a referenced name is not a DNS label.
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Name {
         /// Which field.
         field: &'static str,
@@ -222,7 +222,7 @@ pub enum ValidationError {
         source: InvalidName,
     },
     /// An SSH key is unusable.
-    #[error("spec.sshKeys: {0}")]
+    #[error("spec.sshKeys")]
     Key(#[from] KeyError),
     /// Any other field.
     #[error("{field}: {reason}")]

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod lock;
 pub mod plumbing;
 pub mod repository;
+pub mod retire;
 mod ssh;
 
 use std::ffi::OsString;

@@ -95,6 +95,11 @@ pub async fn run<S: Store>(
     let keys = KeyIndex::start(store.clone(), index_stop.clone())
         .await
         .map_err(ServerError::Keys)?;
+    tokio::spawn(crate::retire::run(
+        store.clone(),
+        config.data.clone(),
+        index_stop.clone(),
+    ));
     let ssh_config = Arc::new(ssh_config(key));
     let grace = config.shutdown_grace;
     let shared = Arc::new(Shared {
@@ -309,7 +314,10 @@ impl<S: Store> Connection<S> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         match self.shared.keys.owner(&fingerprint) {
             Owner::Customer(customer) => Some(customer),
-            Owner::Unknown | Owner::Ambiguous => None,
+            Owner::Unknown | Owner::Ambiguous => {
+                tracing::info!(fingerprint = %key.fingerprint(HashAlg::Sha256), "key of no customer offered");
+                None
+            }
         }
     }
 

@@ -293,14 +293,14 @@ async fn start_unrouted(
             Ok(())
         }
         Err(probe) => {
-            let (state, logs) = driver::diagnose(docker, &container.id).await;
+            let (_, logs) = driver::diagnose(docker, &container.id).await;
             driver::remove(docker, &container.id).await;
             if let Some(name) = release.metadata.name.as_deref() {
                 let _ = store.delete::<Release>(name).await;
             }
             reporter.error(
                 &format!(
-                    "`{branch}` did not become healthy on `{}` ({probe}; the container {state}); the previous release keeps serving",
+                    "`{branch}` did not become healthy on `{}` ({probe}); the previous release keeps serving",
                     driver::DEFAULT_HEALTH_PATH,
                 ),
                 Some(&format!(
@@ -413,7 +413,7 @@ async fn plan(
                     branch_label(branch),
                 )
                 .map_err(|e| reporter.failure("the server cannot render the runtime", &e))?;
-                let rendered = slipway_runtimes::render(&runtime.spec, &context).map_err(|e| reporter.error(&format!("runtime `{name}`: {e}"), Some("fix the Runtime's dockerfileTemplate, or add a Dockerfile to the repository")))?;
+                let rendered = slipway_runtimes::render(&runtime.spec, &context).map_err(|e| reporter.error(&format!("runtime `{name}`: {}", report::chain(&e)), Some("fix the Runtime's dockerfileTemplate, or add a Dockerfile to the repository")))?;
                 // The template is part of what is built: the same tree with another template is
                 // another image.
                 let template = release::short_hash(rendered.as_bytes());

@@ -34,13 +34,7 @@ impl Reporter {
     /// Our own failure: a short stable line for the pusher, the detail for the operator.
     pub fn failure(&self, message: &str, detail: &dyn std::error::Error) {
         self.say(&format!("error: {message}"));
-        let mut text = detail.to_string();
-        let mut source = detail.source();
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        self.log(&format!("{message}: {text}"));
+        self.log(&format!("{message}: {}", chain(detail)));
     }
 
     /// Appends a line to the hook log.
@@ -57,6 +51,17 @@ impl Reporter {
             let _ = writeln!(file, "{} {line}", k8s_openapi::jiff::Timestamp::now());
         }
     }
+}
+
+/// An error with all its causes: `outer: cause: root cause`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Removes ANSI escape sequences (colours from build output) and other control characters

@@ -284,10 +284,17 @@ pub async fn wait_ready(
             .unwrap_or_default();
         // A crashing app under a restart policy shows as restarting, not running.
         if state.running != Some(true) || state.restarting == Some(true) {
-            return Err(format!("{last}; it stopped"));
+            let code = state
+                .exit_code
+                .map(|c| format!(" with code {c}"))
+                .unwrap_or_default();
+            return Err(format!("{last}; the container exited{code}"));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(last);
+            return Err(format!(
+                "{last} within {}s; the container is running",
+                timeout.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -166,17 +166,14 @@ async fn reconcile<S: Store>(
                         .insert(deployment.release.clone());
                 }
                 Err(probe) => {
-                    let (container_state, _) = docker::diagnose(docker, &container.id).await;
-                    tracing::warn!(release = %deployment.release, %probe, %container_state, "release is not healthy");
+                    tracing::warn!(release = %deployment.release, %probe, "release is not healthy");
                     docker::remove(docker, &container.id).await;
                     if let Some(release) = by_name.get(deployment.release.as_str()) {
                         set_phase(
                             store,
                             release,
                             "Failed",
-                            Some(format!(
-                                "health check: {probe}; container {container_state}"
-                            )),
+                            Some(format!("health check: {probe}")),
                             None,
                         )
                         .await?;

@@ -69,7 +69,7 @@ impl std::fmt::Display for Applied {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// Not YAML, or not the shape of its kind.
-    #[error("document {index}: {source}")]
+    #[error("document {index}")]
     Parse {
         /// Position in the input, from 1.
         index: usize,
@@ -89,8 +89,18 @@ pub enum ApplyError {
         /// What the document said.
         kind: String,
     },
+    /// `spec` has a field the kind does not have (usually a typo).
+    #[error("document {index}: {kind} has no field `spec.{field}`")]
+    UnknownField {
+        /// Position in the input, from 1.
+        index: usize,
+        /// Kind of the resource.
+        kind: &'static str,
+        /// The field, escaped.
+        field: String,
+    },
     /// The resource does not validate.
-    #[error("document {index}: {kind} `{name}`: {source}")]
+    #[error("document {index}: {kind} `{name}`")]
     Invalid {
         /// Position in the input, from 1.
         index: usize,
@@ -123,11 +133,41 @@ struct TypeMeta {
     kind: String,
 }
 
-fn typed<K: Kind>(
+/// The first field of `value.spec` that the CRD schema of `K` does not know: a typo that would
+/// otherwise be dropped silently (`runtme: static`). kubectl's strict field validation refuses
+/// these too.
+fn unknown_spec_field<K: kube::CustomResourceExt>(value: &serde_yaml::Value) -> Option<String> {
+    let crd = K::crd();
+    let known = crd
+        .spec
+        .versions
+        .first()?
+        .schema
+        .as_ref()?
+        .open_api_v3_schema
+        .as_ref()?
+        .properties
+        .as_ref()?
+        .get("spec")?
+        .properties
+        .clone()?;
+    value
+        .get("spec")?
+        .as_mapping()?
+        .keys()
+        .filter_map(|k| k.as_str())
+        .find(|k| !known.contains_key(*k))
+        .map(|k| k.escape_default().to_string())
+}
+
+fn typed<K: Kind + kube::CustomResourceExt>(
     index: usize,
     value: serde_yaml::Value,
     kind: &'static str,
 ) -> Result<K, ApplyError> {
+    if let Some(field) = unknown_spec_field::<K>(&value) {
+        return Err(ApplyError::UnknownField { index, kind, field });
+    }
     let resource: K =
         serde_yaml::from_value(value).map_err(|source| ApplyError::Parse { index, source })?;
     resource.validate().map_err(|source| ApplyError::Invalid {
@@ -234,6 +274,22 @@ mod tests {
         );
         let again = apply_documents(&store, good).await.expect("applies");
         assert_eq!(again[0].outcome, Outcome::Configured);
+    }
+
+    #[tokio::test]
+    async fn misspelled_fields_are_refused() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = DirectoryStore::open(data.path()).expect("opens");
+        let err = apply_documents(
+            &store,
+            "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata: {name: w}\nspec: {customer: a, runtme: static}\n",
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "document 1: Webspace has no field `spec.runtme`"
+        );
     }
 
     #[tokio::test]

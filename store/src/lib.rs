@@ -68,7 +68,7 @@ pub enum StoreError {
         source: serde_yaml::Error,
     },
     /// The resource was refused by validation.
-    #[error("{kind} `{name}` is invalid: {source}")]
+    #[error("{kind} `{name}` is invalid")]
     Invalid {
         /// Kind of the resource.
         kind: String,
