@@ -175,6 +175,16 @@ fn a_push_is_served_before_git_push_returns_and_branches_get_previews() {
         || host.containers().len() == 1,
     );
     assert_eq!(host.get("nobody").0, 404, "unknown host");
+    let table = Command::new(SLIPWAY)
+        .args(["get", "ws", &host.name, "--data"])
+        .arg(host.scratch.data())
+        .output()
+        .expect("slipway get ws");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains(&format!("http://{}.localhost:", host.name)) && table.contains("Ready"),
+        "{table}"
+    );
 }
 
 #[test]

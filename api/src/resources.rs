@@ -20,7 +20,7 @@ use crate::names::{self, InvalidName};
     kind = "Customer",
     shortname = "cust",
     printcolumn = r#"{"name":"Email","type":"string","jsonPath":".spec.email"}"#,
-    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keys"}"#,
+    printcolumn = r#"{"name":"Name","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     status = "CustomerStatus"
 )]

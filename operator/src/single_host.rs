@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use slipway_api::resources::ReleaseStatus;
+use slipway_api::WebspaceStatus;
+use slipway_api::resources::{BranchStatus, ReleaseStatus};
 use slipway_api::{Release, Runtime, Webspace};
 use slipway_store::{Store, StoreError};
 use tokio::sync::Mutex;
@@ -120,6 +121,57 @@ async fn set_phase<S: Store>(
     Ok(())
 }
 
+/// Records on each Webspace what serves: a URL and release per branch, and a phase (`Ready`
+/// when every wanted branch serves, `Pending` before, `Degraded` when some do not).
+async fn write_webspace_status<S: Store>(
+    store: &S,
+    webspaces: &[Webspace],
+    wanted: &[Deployment],
+    serving: &HashSet<String>,
+    settings: &Settings,
+) -> Result<(), StoreError> {
+    for webspace in webspaces {
+        let name = webspace.metadata.name.as_deref().unwrap_or_default();
+        let mine: Vec<&Deployment> = wanted.iter().filter(|d| d.webspace == name).collect();
+        let branches: Vec<BranchStatus> = mine
+            .iter()
+            .filter(|d| serving.contains(&d.release))
+            .map(|d| BranchStatus {
+                branch: d.branch.clone(),
+                url: settings.url(d).unwrap_or_default(),
+                release: d.release.clone(),
+                image: d.image.clone(),
+                ready_replicas: 1,
+            })
+            .collect();
+        let phase = match (mine.len(), branches.len()) {
+            (0, _) => "Pending",
+            (wanted, ready) if wanted == ready => "Ready",
+            (_, 0) => "Failed",
+            _ => "Degraded",
+        };
+        let url = branches
+            .iter()
+            .find(|b| b.branch == webspace.spec.production_branch)
+            .map(|b| b.url.clone());
+        let status = WebspaceStatus {
+            phase: Some(phase.to_owned()),
+            url,
+            branches,
+            last_error: None,
+        };
+        if webspace.status.as_ref() != Some(&status) {
+            // Re-read right before writing, and change only the status, so a spec applied in
+            // the meantime is not overwritten with the one this pass started from.
+            if let Some(mut current) = store.get::<Webspace>(name).await? {
+                current.status = Some(status);
+                store.put(&current).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn reconcile<S: Store>(
     store: &S,
     docker: &Docker,
@@ -191,6 +243,7 @@ async fn reconcile<S: Store>(
         }
     }
     table.replace(routes);
+    write_webspace_status(store, &webspaces, &wanted, &serving, settings).await?;
     // Releases of a branch that now serves something newer are superseded.
     for release in &releases {
         let phase = release
