@@ -56,6 +56,12 @@ pub struct HookArgs {
     /// `1` when an operator on this host rolls releases out (`slipway up`).
     #[arg(long, env = env::ROLLOUT, default_value = "0")]
     rollout: String,
+    /// Path a new release must answer.
+    #[arg(long, env = env::HEALTH_PATH, default_value = "/")]
+    health_path: String,
+    /// Seconds a new release has to answer.
+    #[arg(long, env = env::HEALTH_TIMEOUT, default_value_t = 30)]
+    health_timeout: u64,
     /// Builds running at once on this host.
     #[arg(long, env = env::MAX_BUILDS, default_value_t = 2)]
     max_builds: usize,
@@ -80,6 +86,8 @@ pub fn run(args: HookArgs) -> ExitCode {
         registry: args.registry.filter(|r| !r.is_empty()),
         build: args.build != "0",
         rollout: args.rollout == "1",
+        health_path: args.health_path,
+        health_timeout: Duration::from_secs(args.health_timeout),
         docker_config: args
             .docker_config
             .or_else(|| args.home.map(|home| home.join(".docker"))),

@@ -275,9 +275,20 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot listen on {}", args.ssh_listen))?;
     let address = listener.local_addr()?;
-    let environment: Vec<(OsString, OsString)> = std::env::vars_os()
+    let mut environment: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(name, _)| env::PASSED_FROM_SERVER.iter().any(|p| name == *p))
         .collect();
+    if let Some(rollout) = &rollout {
+        // The pre-receive hook checks a new release the way the operator will.
+        environment.push((
+            env::HEALTH_PATH.into(),
+            rollout.settings.health_path.clone().into(),
+        ));
+        environment.push((
+            env::HEALTH_TIMEOUT.into(),
+            rollout.settings.health_timeout.as_secs().to_string().into(),
+        ));
+    }
     let config = slipway_git_server::Config {
         data: data.clone(),
         exe: std::env::current_exe().context("cannot find the slipway executable")?,

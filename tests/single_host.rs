@@ -272,3 +272,62 @@ fn restarting_up_keeps_apps_serving_without_duplicates() {
     );
     assert_eq!(host.containers(), before, "adopted, not restarted");
 }
+
+#[test]
+fn a_stopped_backend_gives_502_until_the_operator_restarts_it() {
+    let host = Host::new();
+    let app = site(&host, "back\n");
+    assert_ok(&host.push(&app, &["main"]));
+    let ids = host.containers();
+    assert_eq!(ids.len(), 1);
+    assert_ok(
+        &Command::new("docker")
+            .args(["stop", "-t", "1", &ids[0]])
+            .output()
+            .expect("docker stop"),
+    );
+    assert_eq!(host.get(&host.name).0, 502);
+    wait_for(
+        "the operator to bring it back",
+        Duration::from_secs(30),
+        || host.get(&host.name) == (200, "back\n".to_owned()),
+    );
+}
+
+#[test]
+fn old_releases_and_their_images_are_pruned() {
+    let host = Host::new();
+    let app = site(&host, "start\n");
+    for n in 0..7 {
+        commit(
+            &host.alice,
+            &app,
+            &[("index.html", &format!("{n}\n"))],
+            "next",
+        );
+        assert_ok(&host.push(&app, &["main"]));
+    }
+    assert_eq!(host.get(&host.name).1, "6\n");
+    let images = || {
+        let output = Command::new("docker")
+            .args(["image", "ls", "-q", &format!("slipway/{}", host.name)])
+            .output()
+            .expect("docker image ls");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .count()
+    };
+    let releases = || {
+        std::fs::read_dir(host.scratch.data().join("resources/releases"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    wait_for(
+        "pruning to keep 5 releases and images",
+        Duration::from_secs(30),
+        || releases() == 5 && images() == 5,
+    );
+    wait_for("one container", Duration::from_secs(20), || {
+        host.containers().len() == 1
+    });
+}

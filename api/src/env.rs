@@ -35,6 +35,11 @@ pub const BUILD: &str = "SLIPWAY_BUILD";
 /// pre-receive hook then starts the new release unrouted and checks its health, and the
 /// post-receive hook waits until it serves.
 pub const ROLLOUT: &str = "SLIPWAY_ROLLOUT";
+/// Hook contract: the path a new release must answer before it is accepted (`slipway up
+/// --health-path`, default `/`).
+pub const HEALTH_PATH: &str = "SLIPWAY_HEALTH_PATH";
+/// Hook contract: seconds a new release has to answer (`slipway up --health-timeout`).
+pub const HEALTH_TIMEOUT: &str = "SLIPWAY_HEALTH_TIMEOUT";
 /// Hook setting: builds running at once on this host, across pushes (default 2).
 pub const MAX_BUILDS: &str = "SLIPWAY_MAX_BUILDS";
 /// Hook setting: seconds a build may take (default 900).

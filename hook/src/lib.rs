@@ -40,6 +40,10 @@ pub struct Config {
     /// Whether an operator on this host rolls releases out (`slipway up`): pre-receive then
     /// starts each release unrouted and requires it to answer, post-receive waits until it serves.
     pub rollout: bool,
+    /// Path a new release must answer (any status below 500).
+    pub health_path: String,
+    /// How long it has to answer.
+    pub health_timeout: std::time::Duration,
     /// Docker client configuration directory (`DOCKER_CONFIG`, else `~/.docker`), for
     /// registry credentials.
     pub docker_config: Option<PathBuf>,
@@ -280,15 +284,15 @@ async fn start_unrouted(
     let probe = driver::wait_ready(
         docker,
         &container,
-        driver::DEFAULT_HEALTH_PATH,
-        driver::DEFAULT_HEALTH_TIMEOUT,
+        &config.health_path,
+        config.health_timeout,
     )
     .await;
     match probe {
         Ok(status) => {
             reporter.say(&format!(
                 "slipway: `{branch}` started and answers `{}` (HTTP {status})",
-                driver::DEFAULT_HEALTH_PATH
+                config.health_path
             ));
             Ok(())
         }
@@ -301,12 +305,12 @@ async fn start_unrouted(
             reporter.error(
                 &format!(
                     "`{branch}` did not become healthy on `{}` ({probe}); the previous release keeps serving",
-                    driver::DEFAULT_HEALTH_PATH,
+                    config.health_path,
                 ),
                 Some(&format!(
                     "the app must listen on $PORT ({}) and answer HTTP on `{}`",
                     deployment.port,
-                    driver::DEFAULT_HEALTH_PATH
+                    config.health_path
                 )),
             );
             if !logs.is_empty() {

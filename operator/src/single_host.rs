@@ -121,6 +121,81 @@ async fn set_phase<S: Store>(
     Ok(())
 }
 
+/// Releases (and their images) kept per webspace branch: enough to roll back a few pushes,
+/// few enough that a busy branch does not fill the disk.
+pub const KEEP_RELEASES: usize = 5;
+
+/// Deletes all but the newest [`KEEP_RELEASES`] Releases of each webspace branch, with their
+/// images, except what serves, what is staged, and images a kept release still uses (the same
+/// tree on another branch).
+async fn prune_old_releases<S: Store>(
+    store: &S,
+    docker: &Docker,
+    releases: &[Release],
+    serving: &HashSet<String>,
+) -> Result<(), StoreError> {
+    let mut by_branch: HashMap<(&str, &str), Vec<&Release>> = HashMap::new();
+    for release in releases {
+        by_branch
+            .entry((release.spec.webspace.as_str(), release.spec.branch.as_str()))
+            .or_default()
+            .push(release);
+    }
+    let mut doomed = Vec::new();
+    for mut list in by_branch.into_values() {
+        if list.len() <= KEEP_RELEASES {
+            continue;
+        }
+        list.sort_by_key(|r| {
+            std::cmp::Reverse((
+                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                r.metadata.name.clone(),
+            ))
+        });
+        doomed.extend(list.into_iter().skip(KEEP_RELEASES).filter(|r| {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            let phase = r.status.as_ref().and_then(|s| s.phase.as_deref());
+            !serving.contains(name) && phase != Some("Staged")
+        }));
+    }
+    let image_of = |r: &Release| {
+        r.spec
+            .image
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let doomed_names: HashSet<&str> = doomed
+        .iter()
+        .filter_map(|r| r.metadata.name.as_deref())
+        .collect();
+    let kept_images: HashSet<String> = releases
+        .iter()
+        .filter(|r| !doomed_names.contains(r.metadata.name.as_deref().unwrap_or_default()))
+        .map(image_of)
+        .collect();
+    for release in doomed {
+        let image = image_of(release);
+        if !kept_images.contains(&image)
+            && let Err(error) = docker
+                .remove_image(
+                    &image,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+        {
+            tracing::debug!(%image, %error, "old image not removed");
+        }
+        store
+            .delete::<Release>(release.metadata.name.as_deref().unwrap_or_default())
+            .await?;
+        tracing::info!(release = ?release.metadata.name, %image, "old release pruned");
+    }
+    Ok(())
+}
+
 /// Records on each Webspace what serves: a URL and release per branch, and a phase (`Ready`
 /// when every wanted branch serves, `Pending` before, `Degraded` when some do not).
 async fn write_webspace_status<S: Store>(
@@ -244,6 +319,7 @@ async fn reconcile<S: Store>(
     }
     table.replace(routes);
     write_webspace_status(store, &webspaces, &wanted, &serving, settings).await?;
+    prune_old_releases(store, docker, &releases, &serving).await?;
     // Releases of a branch that now serves something newer are superseded.
     for release in &releases {
         let phase = release
