@@ -331,3 +331,55 @@ fn old_releases_and_their_images_are_pruned() {
         host.containers().len() == 1
     });
 }
+
+#[test]
+fn fifty_pushes_leave_no_growth_in_containers_images_or_file_descriptors() {
+    let host = Host::new();
+    let app = site(&host, "start\n");
+    let pid = host.server().child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let images = || {
+        let output = Command::new("docker")
+            .args(["image", "ls", "-q", &format!("slipway/{}", host.name)])
+            .output()
+            .expect("docker image ls");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .count()
+    };
+    let mut baseline = 0;
+    for n in 0..50 {
+        commit(
+            &host.alice,
+            &app,
+            &[("index.html", &format!("push {n}\n"))],
+            "next",
+        );
+        assert_ok(&host.push(&app, &["main"]));
+        if n == 9 {
+            // After warm-up: connection pools and caches have their steady size.
+            wait_for(
+                "the first pushes to settle",
+                Duration::from_secs(30),
+                || host.containers().len() == 1,
+            );
+            baseline = fds();
+        }
+    }
+    assert_eq!(host.get(&host.name).1, "push 49\n");
+    wait_for("old containers to go", Duration::from_secs(30), || {
+        host.containers().len() == 1
+    });
+    wait_for("old images to go", Duration::from_secs(30), || {
+        images() <= 5
+    });
+    let after = fds();
+    assert!(
+        after <= baseline + 8,
+        "server file descriptors grew from {baseline} to {after}"
+    );
+}
