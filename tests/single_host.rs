@@ -257,13 +257,15 @@ fn a_redeploy_under_load_drops_no_request() {
 }
 
 #[test]
-fn restarting_up_keeps_apps_serving_without_duplicates() {
+fn restarting_up_keeps_apps_serving_without_duplicates_even_after_the_customer_lost_its_keys() {
     let mut host = Host::new();
     let app = site(&host, "steady\n");
     assert_ok(&host.push(&app, &["main"]));
     let before = host.containers();
     let server = host.server.take().expect("server");
     server.stop();
+    // The customer loses every key while the server is down: the app keeps serving.
+    apply_ok(&host.scratch.data(), &customer_yaml("alice", &[]));
     host.server = Some(Server::up(&host.scratch.data(), &["--drain", "1"]));
     wait_for(
         "the app to be routed again",
