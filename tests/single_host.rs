@@ -57,6 +57,17 @@ impl Host {
         )
     }
 
+    /// Local images of this webspace (`slipway/<name>`).
+    fn images(&self) -> usize {
+        let output = Command::new("docker")
+            .args(["image", "ls", "-q", &format!("slipway/{}", self.name)])
+            .output()
+            .expect("docker image ls");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .count()
+    }
+
     fn containers(&self) -> Vec<String> {
         let output = Command::new("docker")
             .args([
@@ -310,15 +321,6 @@ fn old_releases_and_their_images_are_pruned() {
         assert_ok(&host.push(&app, &["main"]));
     }
     assert_eq!(host.get(&host.name).1, "6\n");
-    let images = || {
-        let output = Command::new("docker")
-            .args(["image", "ls", "-q", &format!("slipway/{}", host.name)])
-            .output()
-            .expect("docker image ls");
-        String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .count()
-    };
     let releases = || {
         std::fs::read_dir(host.scratch.data().join("resources/releases"))
             .map(|d| d.count())
@@ -327,7 +329,7 @@ fn old_releases_and_their_images_are_pruned() {
     wait_for(
         "pruning to keep 5 releases and images",
         Duration::from_secs(30),
-        || releases() == 5 && images() == 5,
+        || releases() == 5 && host.images() == 5,
     );
     wait_for("one container", Duration::from_secs(20), || {
         host.containers().len() == 1
@@ -343,15 +345,6 @@ fn fifty_pushes_leave_no_growth_in_containers_images_or_file_descriptors() {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| d.count())
             .unwrap_or(0)
-    };
-    let images = || {
-        let output = Command::new("docker")
-            .args(["image", "ls", "-q", &format!("slipway/{}", host.name)])
-            .output()
-            .expect("docker image ls");
-        String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .count()
     };
     let mut baseline = 0;
     for n in 0..50 {
@@ -377,7 +370,7 @@ fn fifty_pushes_leave_no_growth_in_containers_images_or_file_descriptors() {
         host.containers().len() == 1
     });
     wait_for("old images to go", Duration::from_secs(30), || {
-        images() <= 5
+        host.images() <= 5
     });
     let after = fds();
     assert!(
