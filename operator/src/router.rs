@@ -170,9 +170,12 @@ async fn proxy(
 /// Serves HTTP on `listener`, routing by `table`, until `shutdown` is cancelled; then stops
 /// accepting and lets open connections finish their current request.
 pub async fn run(listener: TcpListener, table: RouteTable, shutdown: CancellationToken) {
+    let mut connector = HttpConnector::new();
+    // Small responses must not wait for delayed ACKs on the backend side either.
+    connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(64)
-        .build_http();
+        .build(connector);
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
