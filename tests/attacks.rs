@@ -362,13 +362,7 @@ fn hostile_repository_names_are_refused_and_create_nothing_outside_the_data_dire
 #[test]
 fn a_tree_with_a_dot_git_entry_is_refused() {
     let world = World::new();
-    let app = world.scratch.path("app");
-    work_tree(&world.alice, &app, &[("a", "1")]);
-    assert_ok(
-        &world
-            .alice
-            .git(&app, &["push", &world.server.url("blog.git"), "main"]),
-    );
+    let app = world.pushed_app();
     let good = rev_parse(&world.repository("blog"), "refs/heads/main");
 
     // Build a tree holding `.git/hooks/post-checkout` by hand: git's porcelain refuses to.

@@ -276,13 +276,7 @@ fn pushes_to_different_webspaces_overlap() {
 #[test]
 fn killing_the_client_mid_push_leaves_no_process_and_a_sound_repository() {
     let world = World::new();
-    let app = world.scratch.path("app");
-    work_tree(&world.alice, &app, &[("a", "1")]);
-    assert_ok(
-        &world
-            .alice
-            .git(&app, &["push", &world.server.url("blog.git"), "main"]),
-    );
+    let app = world.pushed_app();
     let before = rev_parse(&world.repository("blog"), "refs/heads/main");
 
     // 8 MB of incompressible data, and an ssh that stalls after the first 256 KiB of the pack.

@@ -484,6 +484,18 @@ impl World {
         }
     }
 
+    /// A work tree `app` with one commit, already pushed to `blog` as `main`.
+    pub fn pushed_app(&self) -> PathBuf {
+        let app = self.scratch.path("app");
+        work_tree(&self.alice, &app, &[("a", "1")]);
+        assert_ok(
+            &self
+                .alice
+                .git(&app, &["push", &self.server.url("blog.git"), "main"]),
+        );
+        app
+    }
+
     pub fn repository(&self, webspace: &str) -> PathBuf {
         self.scratch
             .data()
