@@ -11,8 +11,8 @@ pub mod names;
 pub mod resources;
 
 pub use resources::{
-    Customer, CustomerSpec, Release, ReleaseSpec, ReleaseStatus, Runtime, RuntimeSpec, Webspace,
-    WebspaceSpec, WebspaceStatus,
+    Condition, Customer, CustomerSpec, Release, ReleaseSpec, ReleaseStatus, Runtime, RuntimeSpec,
+    Webspace, WebspaceSpec, WebspaceStatus,
 };
 
 /// The API group of every Slipway resource.

@@ -103,7 +103,7 @@ fn default_previews() -> bool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebspaceStatus {
-    /// `Pending`, `Ready`, `Degraded` or `Failed`, summarising the branches.
+    /// `Pending`, `Progressing`, `Ready`, `Degraded` or `Failed`, summarising the branches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// URL of the production branch.
@@ -115,6 +115,32 @@ pub struct WebspaceStatus {
     /// The last error, if the last reconcile failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// `Built`, `Released` and `Ready`, in the Kubernetes convention, so
+    /// `kubectl wait --for=condition=Ready webspace/NAME` works.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One aspect of a resource's state, as in Kubernetes' `metav1.Condition`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Built`, `Released` or `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One CamelCase word saying why.
+    pub reason: String,
+    /// A sentence for people.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// `metadata.generation` the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// What runs for one branch.

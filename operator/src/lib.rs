@@ -1,14 +1,29 @@
 //! The operator's decisions, as pure functions shared by the Docker and Kubernetes drivers:
 //! Webspaces and Releases in, the deployments that should exist (image, port, env, hosts) out.
 //!
-//! The drivers (containers and a router on one host; Deployments, Services and Ingresses on a
-//! cluster) are the next step; they apply what these functions decide.
+//! Two drivers apply what they decide: containers and a router on one host (`single_host`),
+//! Deployments, Services and Ingresses on a cluster (`kubernetes`).
 
 pub mod desired;
 pub mod docker;
 pub mod hosts;
+pub mod kubernetes;
+pub mod metrics;
 pub mod router;
 pub mod single_host;
+pub mod status;
 
 pub use desired::{Deployment, desired};
 pub use hosts::{HostStyle, Hosts};
+
+/// An error with its causes, `a: b: c`, for one log line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use slipway_api::WebspaceStatus;
 use slipway_api::resources::{BranchStatus, ReleaseStatus};
 use slipway_api::{Release, Runtime, Webspace};
 use slipway_store::{Store, StoreError};
@@ -201,6 +200,7 @@ async fn prune_old_releases<S: Store>(
 async fn write_webspace_status<S: Store>(
     store: &S,
     webspaces: &[Webspace],
+    releases: &[Release],
     wanted: &[Deployment],
     serving: &HashSet<String>,
     settings: &Settings,
@@ -219,22 +219,18 @@ async fn write_webspace_status<S: Store>(
                 ready_replicas: 1,
             })
             .collect();
-        let phase = match (mine.len(), branches.len()) {
-            (0, _) => "Pending",
-            (wanted, ready) if wanted == ready => "Ready",
-            (_, 0) => "Failed",
-            _ => "Degraded",
-        };
-        let url = branches
+        let releases: Vec<&Release> = releases
             .iter()
-            .find(|b| b.branch == webspace.spec.production_branch)
-            .map(|b| b.url.clone());
-        let status = WebspaceStatus {
-            phase: Some(phase.to_owned()),
-            url,
+            .filter(|r| r.spec.webspace == name)
+            .collect();
+        let status = crate::status::webspace_status(crate::status::Observed {
+            webspace,
+            releases: &releases,
+            wanted: &mine,
             branches,
-            last_error: None,
-        };
+            error: None,
+            now: &crate::status::now(),
+        });
         if webspace.status.as_ref() != Some(&status) {
             // Re-read right before writing, and change only the status, so a spec applied in
             // the meantime is not overwritten with the one this pass started from.
@@ -318,7 +314,7 @@ async fn reconcile<S: Store>(
         }
     }
     table.replace(routes);
-    write_webspace_status(store, &webspaces, &wanted, &serving, settings).await?;
+    write_webspace_status(store, &webspaces, &releases, &wanted, &serving, settings).await?;
     prune_old_releases(store, docker, &releases, &serving).await?;
     // Releases of a branch that now serves something newer are superseded.
     for release in &releases {

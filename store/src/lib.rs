@@ -1,8 +1,10 @@
-//! Where resources live, behind one small trait: a data directory of YAML files today; the
-//! Kubernetes API implements the same trait for clusters.
+//! Where resources live, behind one small trait: a data directory of YAML files on a single
+//! host, the Kubernetes API on a cluster.
 
+mod any;
 mod directory;
 mod documents;
+mod kube_api;
 mod table;
 
 use std::future::Future;
@@ -12,13 +14,23 @@ use serde::{Serialize, de::DeserializeOwned};
 use slipway_api::resources::Validate;
 use tokio::sync::broadcast;
 
+pub use any::{AnyStore, Backend};
 pub use directory::DirectoryStore;
 pub use documents::{Applied, ApplyError, Outcome, TableKind, apply_documents, kind_of};
+pub use kube_api::{FIELD_MANAGER, KubeStore};
 pub use table::{Format, ShowError, show};
 
 /// A resource kind the store can hold: one of Slipway's four CRD types.
 pub trait Kind:
-    Resource<DynamicType = ()> + Serialize + DeserializeOwned + Validate + Clone + Send + Sync + 'static
+    Resource<DynamicType = ()>
+    + Serialize
+    + DeserializeOwned
+    + Validate
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -28,6 +40,7 @@ impl<K> Kind for K where
         + DeserializeOwned
         + Validate
         + Clone
+        + std::fmt::Debug
         + Send
         + Sync
         + 'static
@@ -77,6 +90,17 @@ pub enum StoreError {
         /// What is wrong.
         #[source]
         source: slipway_api::resources::ValidationError,
+    },
+    /// The Kubernetes API refused or failed a call.
+    #[error("cannot {operation} {what}")]
+    Api {
+        /// What was being done.
+        operation: &'static str,
+        /// To which resource.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
     },
     /// The change notifier could not be started.
     #[error("cannot watch {path} for changes")]

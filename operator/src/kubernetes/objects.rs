@@ -1,0 +1,647 @@
+//! The Kubernetes objects Slipway owns, as pure functions of the resources: per Customer a
+//! Namespace with a ResourceQuota and a NetworkPolicy; per branch a Deployment, a Service and an
+//! Ingress. Snapshot tests pin every field; `scripts/check-manifests` validates the snapshots
+//! against the official schemas.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment as KubeDeployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, Namespace, PodSpec, PodTemplateSpec, Probe,
+    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SecurityContext, Service, ServicePort,
+    ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use sha2::{Digest, Sha256};
+use slipway_api::{Customer, Webspace};
+
+use crate::{Deployment, Hosts};
+
+/// Label on every object Slipway manages.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "slipway");
+/// Label: the webspace an object belongs to.
+pub const WEBSPACE_LABEL: &str = "slipway.dev/webspace";
+/// Label: the branch (as a DNS label) an object serves.
+pub const BRANCH_LABEL: &str = "slipway.dev/branch";
+/// Label: the customer a namespace belongs to.
+pub const CUSTOMER_LABEL: &str = "slipway.dev/customer";
+/// Annotation on a Deployment: the Release it runs.
+pub const RELEASE_ANNOTATION: &str = "slipway.dev/release";
+/// Name of the per-namespace ResourceQuota.
+pub const QUOTA_NAME: &str = "slipway";
+/// Name of the per-namespace NetworkPolicy.
+pub const POLICY_NAME: &str = "slipway-isolation";
+
+/// Limits of one customer's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// Pods at most.
+    pub pods: String,
+    /// Sum of CPU requests.
+    pub requests_cpu: String,
+    /// Sum of memory requests.
+    pub requests_memory: String,
+    /// Sum of CPU limits.
+    pub limits_cpu: String,
+    /// Sum of memory limits.
+    pub limits_memory: String,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            pods: "50".into(),
+            requests_cpu: "4".into(),
+            requests_memory: "8Gi".into(),
+            limits_cpu: "8".into(),
+            limits_memory: "16Gi".into(),
+        }
+    }
+}
+
+/// Settings of the Kubernetes driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Host names.
+    pub hosts: Hosts,
+    /// `spec.ingressClassName` of the Ingresses; the cluster default when unset.
+    pub ingress_class: Option<String>,
+    /// cert-manager ClusterIssuer: when set, Ingresses get TLS and URLs are `https://`.
+    pub cluster_issuer: Option<String>,
+    /// Registry the hook pushes to, as `HOST:PORT`, and the same registry as nodes pull from:
+    /// images are rewritten from the first to the second.
+    pub registry_rewrite: Option<(String, String)>,
+    /// Path a pod must answer (below 500) before it takes traffic.
+    pub health_path: String,
+    /// Seconds a rollout may take before it counts as failed.
+    pub progress_deadline: i32,
+    /// Namespace of the ingress controller, allowed through the tenant NetworkPolicy.
+    pub ingress_namespace: String,
+    /// Per-customer quota.
+    pub quota: Quota,
+    /// CPU and memory requested by each app container.
+    pub requests: (String, String),
+    /// CPU and memory limits of each app container.
+    pub limits: (String, String),
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            hosts: Hosts {
+                domain: "apps.example.com".into(),
+                style: crate::HostStyle::Nested,
+            },
+            ingress_class: None,
+            cluster_issuer: None,
+            registry_rewrite: None,
+            health_path: "/".into(),
+            progress_deadline: 120,
+            ingress_namespace: "ingress-nginx".into(),
+            quota: Quota::default(),
+            requests: ("50m".into(), "64Mi".into()),
+            limits: ("1".into(), "512Mi".into()),
+        }
+    }
+}
+
+impl Settings {
+    /// The URL a deployment is served on, if it has a host.
+    pub fn url(&self, deployment: &Deployment) -> Option<String> {
+        let scheme = if self.cluster_issuer.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        deployment
+            .hosts
+            .first()
+            .map(|host| format!("{scheme}://{host}"))
+    }
+
+    /// The image as nodes pull it.
+    pub fn node_image(&self, image: &str) -> String {
+        if let Some((pushed, pulled)) = &self.registry_rewrite
+            && let Some(rest) = image.strip_prefix(&format!("{pushed}/"))
+        {
+            return format!("{pulled}/{rest}");
+        }
+        image.to_owned()
+    }
+}
+
+const MAX_NAME: usize = 63;
+
+/// A DNS-1035 label made from `wanted`: kept when it fits and starts with a letter, else cut
+/// and given a hash of the whole, so two long names never collide.
+pub fn object_name(wanted: &str) -> String {
+    if wanted.len() <= MAX_NAME && wanted.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return wanted.to_owned();
+    }
+    let hash = format!("{:x}", Sha256::digest(wanted.as_bytes()));
+    let body = wanted.trim_start_matches(|c: char| !c.is_ascii_lowercase());
+    let cut = body
+        .get(..body.len().min(MAX_NAME - 2 - 9))
+        .unwrap_or(body)
+        .trim_end_matches('-');
+    format!("s-{cut}-{}", hash.get(..8).unwrap_or(&hash))
+}
+
+/// The namespace of a customer's apps.
+pub fn namespace_name(customer: &str) -> String {
+    object_name(&format!("slipway-{customer}"))
+}
+
+/// The name of a branch's Deployment, Service and Ingress.
+pub fn branch_object_name(deployment: &Deployment) -> String {
+    object_name(&format!("{}-{}", deployment.webspace, deployment.label))
+}
+
+fn owner<K: Resource<DynamicType = ()>>(resource: &K) -> OwnerReference {
+    let meta = resource.meta();
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    std::iter::once(MANAGED_BY)
+        .chain(pairs.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+/// The customer's Namespace: owned by the Customer (deleting it deletes the apps), Pod
+/// Security `baseline` enforced.
+pub fn namespace(customer: &Customer) -> Namespace {
+    let name = customer.metadata.name.as_deref().unwrap_or_default();
+    let mut labels = labels(&[(CUSTOMER_LABEL, name)]);
+    labels.insert(
+        "pod-security.kubernetes.io/enforce".into(),
+        "baseline".into(),
+    );
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace_name(name)),
+            labels: Some(labels),
+            owner_references: Some(vec![owner(customer)]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The customer's quota: pods, CPU and memory, and no LoadBalancer or NodePort Services.
+pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
+    let q = &settings.quota;
+    ResourceQuota {
+        metadata: ObjectMeta {
+            name: Some(QUOTA_NAME.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(&[])),
+            ..Default::default()
+        },
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(quantities(&[
+                ("pods", &q.pods),
+                ("requests.cpu", &q.requests_cpu),
+                ("requests.memory", &q.requests_memory),
+                ("limits.cpu", &q.limits_cpu),
+                ("limits.memory", &q.limits_memory),
+                ("services.loadbalancers", "0"),
+                ("services.nodeports", "0"),
+            ])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Keeps tenants apart: pods take connections only from their own namespace and from the
+/// ingress controller's.
+pub fn network_policy(namespace: &str, settings: &Settings) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(POLICY_NAME.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(&[])),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![
+                    NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector::default()),
+                        ..Default::default()
+                    },
+                    NetworkPolicyPeer {
+                        namespace_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "kubernetes.io/metadata.name".to_owned(),
+                                settings.ingress_namespace.clone(),
+                            )])),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn branch_meta(
+    webspace: &Webspace,
+    namespace: &str,
+    deployment: &Deployment,
+    annotations: Option<BTreeMap<String, String>>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(branch_object_name(deployment)),
+        namespace: Some(namespace.into()),
+        labels: Some(selector(deployment)),
+        annotations,
+        owner_references: Some(vec![owner(webspace)]),
+        ..Default::default()
+    }
+}
+
+/// The labels that select a branch's pods.
+pub fn selector(deployment: &Deployment) -> BTreeMap<String, String> {
+    labels(&[
+        (WEBSPACE_LABEL, &deployment.webspace),
+        (BRANCH_LABEL, &deployment.label),
+    ])
+}
+
+/// A branch's Deployment: the release's image (by digest), `PORT` and `spec.env`, a readiness
+/// probe on the HTTP port, a rolling update that never drops below the wanted replicas, and a
+/// progress deadline that marks a rollout failed.
+pub fn deployment(
+    webspace: &Webspace,
+    namespace: &str,
+    wanted: &Deployment,
+    settings: &Settings,
+) -> KubeDeployment {
+    let env = wanted
+        .env
+        .iter()
+        .map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let container = Container {
+        name: "app".into(),
+        image: Some(settings.node_image(&wanted.image)),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(wanted.port),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(settings.health_path.clone()),
+                port: IntOrString::String("http".into()),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", &settings.requests.0),
+                ("memory", &settings.requests.1),
+            ])),
+            limits: Some(quantities(&[
+                ("cpu", &settings.limits.0),
+                ("memory", &settings.limits.1),
+            ])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    KubeDeployment {
+        metadata: branch_meta(
+            webspace,
+            namespace,
+            wanted,
+            Some(BTreeMap::from([(
+                RELEASE_ANNOTATION.to_owned(),
+                wanted.release.clone(),
+            )])),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(wanted.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(wanted)),
+                ..Default::default()
+            },
+            revision_history_limit: Some(5),
+            progress_deadline_seconds: Some(settings.progress_deadline),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector(wanted)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A branch's Service: port 80 to the pods' HTTP port.
+pub fn service(webspace: &Webspace, namespace: &str, wanted: &Deployment) -> Service {
+    Service {
+        metadata: branch_meta(webspace, namespace, wanted, None),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(wanted)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A branch's Ingress for its hosts, with TLS through cert-manager when an issuer is set;
+/// `None` when the branch has no host (a preview with previews off).
+pub fn ingress(
+    webspace: &Webspace,
+    namespace: &str,
+    wanted: &Deployment,
+    settings: &Settings,
+) -> Option<Ingress> {
+    if wanted.hosts.is_empty() {
+        return None;
+    }
+    let name = branch_object_name(wanted);
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: name.clone(),
+            port: Some(ServiceBackendPort {
+                name: Some("http".into()),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let rules = wanted
+        .hosts
+        .iter()
+        .map(|host| IngressRule {
+            host: Some(host.clone()),
+            http: Some(HTTPIngressRuleValue {
+                paths: vec![HTTPIngressPath {
+                    path: Some("/".into()),
+                    path_type: "Prefix".into(),
+                    backend: backend.clone(),
+                }],
+            }),
+        })
+        .collect();
+    let annotations = settings.cluster_issuer.as_ref().map(|issuer| {
+        BTreeMap::from([("cert-manager.io/cluster-issuer".to_owned(), issuer.clone())])
+    });
+    let tls = settings.cluster_issuer.as_ref().map(|_| {
+        vec![IngressTLS {
+            hosts: Some(wanted.hosts.clone()),
+            secret_name: Some(format!("{name}-tls")),
+        }]
+    });
+    Some(Ingress {
+        metadata: branch_meta(webspace, namespace, wanted, annotations),
+        spec: Some(IngressSpec {
+            ingress_class_name: settings.ingress_class.clone(),
+            rules: Some(rules),
+            tls,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::desired;
+    use slipway_api::resources::ReleaseStatus;
+    use slipway_api::{CustomerSpec, Release, ReleaseSpec, WebspaceSpec};
+
+    pub(crate) fn customer(name: &str) -> Customer {
+        let mut customer = Customer::new(
+            name,
+            CustomerSpec {
+                email: format!("{name}@example.com"),
+                display_name: None,
+                ssh_keys: vec![],
+            },
+        );
+        customer.metadata.uid = Some(format!("uid-customer-{name}"));
+        customer
+    }
+
+    pub(crate) fn webspace(name: &str, spec: serde_json::Value) -> Webspace {
+        let spec: WebspaceSpec = serde_json::from_value(spec).expect("spec");
+        let mut webspace = Webspace::new(name, spec);
+        webspace.metadata.uid = Some(format!("uid-webspace-{name}"));
+        webspace.metadata.generation = Some(1);
+        webspace
+    }
+
+    pub(crate) fn release(name: &str, webspace: &str, branch: &str, phase: &str) -> Release {
+        let mut release = Release::new(
+            name,
+            ReleaseSpec {
+                webspace: webspace.into(),
+                branch: branch.into(),
+                commit: "0123456789abcdef".into(),
+                tree: "fedcba9876543210".into(),
+                image: format!(
+                    "registry.slipway-system.svc:5000/{webspace}@sha256:{:0>64}",
+                    name.len()
+                ),
+                pusher: "SHA256:key".into(),
+            },
+        );
+        release.metadata.creation_timestamp = Some(
+            serde_json::from_value(serde_json::json!(format!(
+                "2026-01-01T00:00:{:02}Z",
+                name.bytes().last().unwrap_or(b'0') - b'0'
+            )))
+            .expect("time"),
+        );
+        release.status = Some(ReleaseStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
+        release
+    }
+
+    pub(crate) fn settings() -> Settings {
+        Settings {
+            registry_rewrite: Some((
+                "registry.slipway-system.svc:5000".into(),
+                "localhost:30500".into(),
+            )),
+            ingress_class: Some("nginx".into()),
+            ..Settings::default()
+        }
+    }
+
+    /// Every object for `webspaces` (with a promoted main release each, and a feature-x
+    /// release for the first), as a YAML list, in apply order.
+    fn objects(webspaces: &[(&str, &Webspace)], settings: &Settings) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, (customer_name, webspace)) in webspaces.iter().enumerate() {
+            let customer = customer(customer_name);
+            let namespace_name = namespace_name(customer_name);
+            if seen.insert(namespace_name.clone()) {
+                out.push(serde_json::to_value(namespace(&customer)).expect("json"));
+                out.push(serde_json::to_value(quota(&namespace_name, settings)).expect("json"));
+                out.push(
+                    serde_json::to_value(network_policy(&namespace_name, settings)).expect("json"),
+                );
+            }
+            let name = webspace.metadata.name.as_deref().unwrap_or_default();
+            let mut releases = vec![release("r1", name, "main", "Live")];
+            if index == 0 {
+                releases.push(release("r2", name, "feature-x", "Promoted"));
+            }
+            for wanted in desired(
+                std::slice::from_ref(*webspace),
+                &releases,
+                &[],
+                &settings.hosts,
+            ) {
+                out.push(
+                    serde_json::to_value(deployment(webspace, &namespace_name, &wanted, settings))
+                        .expect("json"),
+                );
+                out.push(
+                    serde_json::to_value(service(webspace, &namespace_name, &wanted))
+                        .expect("json"),
+                );
+                if let Some(ingress) = ingress(webspace, &namespace_name, &wanted, settings) {
+                    out.push(serde_json::to_value(ingress).expect("json"));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn production_only() {
+        let blog = webspace(
+            "blog",
+            serde_json::json!({"customer": "alice", "previews": false}),
+        );
+        insta::assert_yaml_snapshot!(objects(&[("alice", &blog)], &settings()));
+    }
+
+    #[test]
+    fn previews_custom_domains_env_replicas_and_tls() {
+        let blog = webspace(
+            "blog",
+            serde_json::json!({
+                "customer": "alice",
+                "replicas": 3,
+                "port": 3000,
+                "domains": ["www.example.org"],
+                "env": {"DATABASE_URL": "postgres://db/blog", "MODE": "production"},
+            }),
+        );
+        let settings = Settings {
+            cluster_issuer: Some("letsencrypt".into()),
+            ..settings()
+        };
+        insta::assert_yaml_snapshot!(objects(&[("alice", &blog)], &settings));
+    }
+
+    #[test]
+    fn two_customers_get_two_namespaces() {
+        let blog = webspace("blog", serde_json::json!({"customer": "alice"}));
+        let shop = webspace("shop", serde_json::json!({"customer": "bob"}));
+        let objects = objects(&[("alice", &blog), ("bob", &shop)], &settings());
+        let namespaces: Vec<_> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Namespace")
+            .map(|o| o["metadata"]["name"].clone())
+            .collect();
+        assert_eq!(namespaces, ["slipway-alice", "slipway-bob"]);
+        insta::assert_yaml_snapshot!(objects);
+    }
+
+    #[test]
+    fn long_names_stay_valid_and_distinct() {
+        let long = "a".repeat(63);
+        let one = object_name(&format!("{long}-main"));
+        let two = object_name(&format!("{long}-dev"));
+        assert!(one.len() <= 63 && two.len() <= 63);
+        assert_ne!(one, two);
+        assert!(object_name("1blog-main").starts_with("s-blog-main-"));
+        assert_eq!(object_name("blog-main"), "blog-main");
+    }
+
+    #[test]
+    fn images_are_pulled_from_the_nodes_registry() {
+        let settings = settings();
+        assert_eq!(
+            settings.node_image("registry.slipway-system.svc:5000/blog@sha256:ab"),
+            "localhost:30500/blog@sha256:ab"
+        );
+        assert_eq!(settings.node_image("other/blog:1"), "other/blog:1");
+    }
+}
