@@ -1,1 +1,362 @@
+//! Reconciles against a scripted API server: the calls each situation must make, in order.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use kube::Client;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use slipway_api::{Release, Webspace};
+
+use super::objects::tests::{customer, release, settings, webspace};
+use super::objects::{self};
+use super::reconcile::{Context, error_policy, reconcile};
+use super::scripted::{Answer, Server};
+use crate::desired;
+use crate::metrics::Metrics;
+
+const CUSTOMER: &str = "/apis/slipway.dev/v1alpha1/customers/alice";
+const NAMESPACE: &str = "/api/v1/namespaces/slipway-alice";
+const QUOTA: &str = "/api/v1/namespaces/slipway-alice/resourcequotas/slipway";
+const POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/slipway-alice/networkpolicies/slipway-isolation";
+const RELEASES: &str = "/apis/slipway.dev/v1alpha1/releases";
+const RUNTIMES: &str = "/apis/slipway.dev/v1alpha1/runtimes";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/slipway-alice/deployments";
+const STATUS: &str = "/apis/slipway.dev/v1alpha1/webspaces/blog/status";
+
+fn deployment_path(name: &str) -> String {
+    format!("{DEPLOYMENTS}/{name}")
+}
+fn service_path(name: &str) -> String {
+    format!("/api/v1/namespaces/slipway-alice/services/{name}")
+}
+fn ingress_path(name: &str) -> String {
+    format!("/apis/networking.k8s.io/v1/namespaces/slipway-alice/ingresses/{name}")
+}
+fn release_status(name: &str) -> String {
+    format!("{RELEASES}/{name}/status")
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Answer {
+    Answer::Json(json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": items}))
+}
+
+fn blog() -> Webspace {
+    webspace("blog", json!({"customer": "alice"}))
+}
+
+/// The Deployment as the cluster would report it, running `release` of `branch`.
+fn running(releases: &[Release], release: &str, branch: &str, status: Value) -> Value {
+    let mut releases = releases.to_vec();
+    for r in &mut releases {
+        if r.metadata.name.as_deref() == Some(release) {
+            r.status.get_or_insert_with(Default::default).phase = Some("Live".into());
+        } else if r.spec.branch == branch {
+            r.status.get_or_insert_with(Default::default).phase = Some("Failed".into());
+        }
+    }
+    let wanted = desired(&[blog()], &releases, &[], &settings().hosts)
+        .into_iter()
+        .find(|d| d.branch == branch)
+        .expect("wanted");
+    let mut object = serde_json::to_value(objects::deployment(
+        &blog(),
+        "slipway-alice",
+        &wanted,
+        &settings(),
+    ))
+    .expect("json");
+    object["metadata"]["generation"] = json!(2);
+    object["status"] = status;
+    object
+}
+
+fn complete() -> Value {
+    json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+        "availableReplicas": 1})
+}
+
+fn json_of<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("json")
+}
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context::new(
+        client,
+        settings(),
+        Arc::new(Metrics::default()),
+    ))
+}
+
+/// The calls every reconcile of blog starts with, up to listing its Deployments.
+fn preamble(releases: &[Release], deployments: Vec<Value>) -> Vec<(Method, String, Answer)> {
+    vec![
+        (
+            Method::GET,
+            CUSTOMER.into(),
+            Answer::Json(json_of(&customer("alice"))),
+        ),
+        (Method::PATCH, NAMESPACE.into(), Answer::Echo),
+        (Method::PATCH, QUOTA.into(), Answer::Echo),
+        (Method::PATCH, POLICY.into(), Answer::Echo),
+        (
+            Method::GET,
+            RELEASES.into(),
+            list("ReleaseList", releases.iter().map(json_of).collect()),
+        ),
+        (Method::GET, RUNTIMES.into(), list("RuntimeList", vec![])),
+        (
+            Method::GET,
+            DEPLOYMENTS.into(),
+            list("DeploymentList", deployments),
+        ),
+    ]
+}
+
+fn applies(name: &str) -> Vec<(Method, String, Answer)> {
+    vec![
+        (Method::PATCH, deployment_path(name), Answer::Echo),
+        (Method::PATCH, service_path(name), Answer::Echo),
+        (Method::PATCH, ingress_path(name), Answer::Echo),
+    ]
+}
+
+async fn play(
+    webspace: Webspace,
+    script: Vec<(Method, String, Answer)>,
+) -> (Result<Action, super::reconcile::Error>, Vec<Value>) {
+    let script: Vec<(Method, &str, Answer)> = script
+        .iter()
+        .map(|(m, p, a)| (m.clone(), p.as_str(), a.clone()))
+        .collect();
+    let (client, server) = Server::start(script);
+    let result = reconcile(Arc::new(webspace), context(client)).await;
+    (result, server.finish().await)
+}
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .expect("condition")
+}
+
+#[tokio::test]
+async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
+    let releases = [release("r1", "blog", "main", "Promoted")];
+    let mut script = preamble(&releases, vec![]);
+    script.extend(applies("blog-main"));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, bodies) = play(blog(), script).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let deployment = &bodies[7];
+    assert_eq!(
+        deployment["metadata"]["annotations"]["slipway.dev/release"],
+        "r1"
+    );
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("localhost:30500/blog@sha256:")),
+        "{deployment}"
+    );
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["uid"],
+        "uid-webspace-blog"
+    );
+    assert_eq!(
+        bodies[1]["metadata"]["ownerReferences"][0]["kind"],
+        "Customer"
+    );
+    let status = &bodies[10];
+    assert_eq!(status["status"]["phase"], "Progressing");
+    assert_eq!(condition(status, "Built")["status"], "True");
+    assert_eq!(condition(status, "Ready")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_new_release_goes_live_when_its_rollout_completes() {
+    let releases = [
+        release("r1", "blog", "main", "Live"),
+        release("r2", "blog", "main", "Promoted"),
+    ];
+    let current = running(&releases, "r2", "main", complete());
+    let mut script = preamble(&releases, vec![current]);
+    script.extend(applies("blog-main"));
+    script.push((
+        Method::PATCH,
+        release_status("r1"),
+        Answer::Json(json_of(&releases[0])),
+    ));
+    script.push((
+        Method::PATCH,
+        release_status("r2"),
+        Answer::Json(json_of(&releases[1])),
+    ));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, bodies) = play(blog(), script).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(bodies[10], json!({"status": {"phase": "Superseded"}}));
+    assert_eq!(
+        bodies[11],
+        json!({"status": {"phase": "Live", "url": "http://blog.apps.example.com"}})
+    );
+    let status = &bodies[12];
+    assert_eq!(status["status"]["phase"], "Ready");
+    assert_eq!(status["status"]["url"], "http://blog.apps.example.com");
+    assert_eq!(status["status"]["branches"][0]["readyReplicas"], 1);
+    assert_eq!(condition(status, "Ready")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_deleted_branch_loses_its_deployment_service_and_ingress() {
+    let releases = [release("r1", "blog", "main", "Live")];
+    let main = running(&releases, "r1", "main", complete());
+    let with_feature = [
+        release("r1", "blog", "main", "Live"),
+        release("r2", "blog", "feature-x", "Live"),
+    ];
+    let feature = running(&with_feature, "r2", "feature-x", complete());
+    let mut script = preamble(&releases, vec![main, feature]);
+    script.extend(applies("blog-main"));
+    script.extend([
+        (
+            Method::DELETE,
+            ingress_path("blog-feature-x"),
+            Answer::NotFound,
+        ),
+        (
+            Method::DELETE,
+            service_path("blog-feature-x"),
+            Answer::Status(200),
+        ),
+        (
+            Method::DELETE,
+            deployment_path("blog-feature-x"),
+            Answer::Status(200),
+        ),
+    ]);
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, _) = play(blog(), script).await;
+    result.expect("reconciled");
+}
+
+#[tokio::test]
+async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous_image() {
+    let releases = [
+        release("r1", "blog", "main", "Live"),
+        release("r2", "blog", "main", "Promoted"),
+    ];
+    let stuck = running(
+        &releases,
+        "r2",
+        "main",
+        json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1,
+            "availableReplicas": 1, "conditions": [{"type": "Progressing", "status": "False",
+            "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"blog-main-7d\" has timed out progressing."}]}),
+    );
+    let mut script = preamble(&releases, vec![stuck]);
+    script.push((
+        Method::PATCH,
+        release_status("r2"),
+        Answer::Json(json_of(&releases[1])),
+    ));
+    script.extend(applies("blog-main"));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, bodies) = play(blog(), script).await;
+    result.expect("reconciled");
+    assert_eq!(bodies[7]["status"]["phase"], "Failed");
+    assert!(
+        bodies[7]["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("progress deadline")),
+        "{}",
+        bodies[7]
+    );
+    let restored = &bodies[8];
+    assert_eq!(
+        restored["metadata"]["annotations"]["slipway.dev/release"],
+        "r1"
+    );
+    let image = restored["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert_eq!(
+        image,
+        json!(settings().node_image(&releases[0].spec.image)),
+        "the previous release's image is applied again"
+    );
+    let released = condition(&bodies[11], "Released");
+    assert_eq!(released["reason"], "RolloutFailed");
+}
+
+#[tokio::test]
+async fn a_webspace_being_deleted_is_left_to_owner_references() {
+    let mut doomed = blog();
+    doomed.metadata.deletion_timestamp =
+        Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).expect("time"));
+    let (result, bodies) = play(doomed, vec![]).await;
+    assert_eq!(result.expect("reconciled"), Action::await_change());
+    assert!(bodies.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_customer_is_reported_in_the_status() {
+    let script = vec![
+        (Method::GET, CUSTOMER.to_owned(), Answer::NotFound),
+        (Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))),
+    ];
+    let (result, bodies) = play(blog(), script).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(60))
+    );
+    let ready = condition(&bodies[1], "Ready");
+    assert_eq!(ready["reason"], "ReconcileError");
+    assert_eq!(ready["message"], "customer `alice` does not exist");
+}
+
+#[tokio::test]
+async fn an_api_error_requeues_with_backoff_and_other_webspaces_go_on() {
+    let releases = [release("r1", "blog", "main", "Promoted")];
+    let mut script = preamble(&releases, vec![]);
+    script.push((
+        Method::PATCH,
+        deployment_path("blog-main"),
+        Answer::Status(500),
+    ));
+    let script: Vec<(Method, &str, Answer)> = script
+        .iter()
+        .map(|(m, p, a)| (m.clone(), p.as_str(), a.clone()))
+        .collect();
+    let (client, server) = Server::start(script);
+    let context = context(client);
+    let blog = Arc::new(blog());
+    let error = reconcile(blog.clone(), context.clone())
+        .await
+        .expect_err("the apply failed");
+    assert_eq!(error.to_string(), "cannot apply Deployment blog-main");
+    server.finish().await;
+    assert_eq!(
+        error_policy(blog.clone(), &error, context.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(blog.clone(), &error, context.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    // Another webspace keeps its own count.
+    let shop = Arc::new(webspace("shop", json!({"customer": "alice"})));
+    assert_eq!(
+        error_policy(shop, &error, context.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert!(context.metrics.render().contains("failures_total 1\n"));
+}
