@@ -56,6 +56,9 @@ pub struct HookArgs {
     /// `1` when an operator on this host rolls releases out (`slipway up`).
     #[arg(long, env = env::ROLLOUT, default_value = "0")]
     rollout: String,
+    /// Where resources live: `directory` or `kube`.
+    #[arg(long, env = env::STORE, default_value = "directory", value_parser = crate::parse_backend)]
+    store: slipway_store::Backend,
     /// Path a new release must answer.
     #[arg(long, env = env::HEALTH_PATH, default_value = "/")]
     health_path: String,
@@ -86,6 +89,7 @@ pub fn run(args: HookArgs) -> ExitCode {
         registry: args.registry.filter(|r| !r.is_empty()),
         build: args.build != "0",
         rollout: args.rollout == "1",
+        store: args.store,
         health_path: args.health_path,
         health_timeout: Duration::from_secs(args.health_timeout),
         docker_config: args

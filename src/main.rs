@@ -1,6 +1,7 @@
 //! `slipway`: a thin command-line front to the library crates.
 
 mod hook;
+mod probe;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -28,8 +29,11 @@ struct Cli {
 enum Command {
     /// Run everything on this host: SSH git server, builds, operator, Docker driver and router.
     Up(UpArgs),
-    /// Run only the SSH git server.
+    /// Run only the SSH git server (on a cluster: `--store kube`).
     GitServer(ServerArgs),
+    /// Run the Kubernetes operator: Webspaces and Releases become Deployments, Services and
+    /// Ingresses (in-cluster config or KUBECONFIG).
+    Operator(OperatorArgs),
     /// Create or update resources from YAML (multi-document; `-` reads stdin).
     Apply(ApplyArgs),
     /// Show resources as a table, YAML or JSON.
@@ -68,6 +72,64 @@ struct ServerArgs {
     /// Seconds a push waits for an earlier push to the same webspace.
     #[arg(long, default_value_t = 1200)]
     push_wait: u64,
+    /// Where Customers, Webspaces, Runtimes and Releases live: `directory` (DATA/resources) or
+    /// `kube` (the Kubernetes API: in-cluster service account, else KUBECONFIG).
+    #[arg(long, env = env::STORE, default_value = "directory", value_parser = parse_backend)]
+    store: slipway_store::Backend,
+    /// Address for `/healthz`, `/readyz` and `/metrics` (off when unset).
+    #[arg(long, env = env::PROBE_LISTEN)]
+    probe_listen: Option<SocketAddr>,
+}
+
+/// `--store`'s values.
+pub(crate) fn parse_backend(value: &str) -> Result<slipway_store::Backend, String> {
+    match value {
+        "directory" => Ok(slipway_store::Backend::Directory),
+        "kube" => Ok(slipway_store::Backend::Kube),
+        other => Err(format!(
+            "`{other}` is not a store; use `directory` or `kube`"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+struct OperatorArgs {
+    /// Domain of the app hosts: `WEBSPACE.DOMAIN`, previews `BRANCH.WEBSPACE.DOMAIN`.
+    #[arg(long, env = env::DOMAIN, default_value = "localhost")]
+    domain: String,
+    /// Preview hosts as `BRANCH--WEBSPACE.DOMAIN` (one wildcard certificate covers them).
+    #[arg(long)]
+    flat_previews: bool,
+    /// `ingressClassName` of the generated Ingresses (the cluster's default when unset).
+    #[arg(long, env = env::INGRESS_CLASS)]
+    ingress_class: Option<String>,
+    /// cert-manager ClusterIssuer: Ingresses get TLS and URLs `https://` (none when empty).
+    #[arg(long, env = env::CLUSTER_ISSUER)]
+    cluster_issuer: Option<String>,
+    /// Registry the git server's hooks push to (`HOST:PORT`).
+    #[arg(long, env = env::REGISTRY)]
+    registry: Option<String>,
+    /// The same registry as the nodes pull from (`HOST:PORT`); images are rewritten to it.
+    #[arg(long, env = env::IMAGE_REGISTRY)]
+    image_registry: Option<String>,
+    /// Path a pod must answer (any status below 500) before it takes traffic.
+    #[arg(long, default_value = "/")]
+    health_path: String,
+    /// Seconds a rollout may take; past it the release fails and the previous one returns.
+    #[arg(long, default_value_t = 120)]
+    progress_deadline: i32,
+    /// Namespace of the ingress controller, let through the tenants' NetworkPolicy.
+    #[arg(long, default_value = "ingress-nginx")]
+    ingress_namespace: String,
+    /// Address for `/healthz`, `/readyz` and `/metrics` (off when unset).
+    #[arg(long, env = env::PROBE_LISTEN)]
+    probe_listen: Option<SocketAddr>,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "slipway-system")]
+    lease_namespace: String,
+    /// This replica's name in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    holder: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +238,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             serve(args.server, Some(rollout)).await
         }
         Command::GitServer(args) => serve(args, None).await,
+        Command::Operator(args) => operator(args).await,
         Command::Apply(args) => apply(args).await,
         Command::Get(args) => get(args).await,
         Command::Delete(args) => delete(args).await,
@@ -268,8 +331,19 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
     let data = std::path::absolute(&args.data.data).context("cannot resolve --data")?;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone())?;
-    let store = open_store(&data)?;
-    install_default_runtimes(&store).await?;
+    let kube = args.store == slipway_store::Backend::Kube;
+    if kube && rollout.is_some() {
+        bail!(
+            "`slipway up` runs on one host with a data directory; on a cluster run `slipway git-server --store kube` and `slipway operator`"
+        );
+    }
+    let store = slipway_store::AnyStore::open(args.store, &data)
+        .await
+        .with_context(|| format!("cannot open the {} store", args.store.as_str()))?;
+    if !kube {
+        // On a cluster the operator installs them (the git server may only read Runtimes).
+        install_default_runtimes(&store).await?;
+    }
     let key = slipway_git_server::host_key::load_or_create(&data)?;
     let listener = TcpListener::bind(args.ssh_listen)
         .await
@@ -278,6 +352,9 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
     let mut environment: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(name, _)| env::PASSED_FROM_SERVER.iter().any(|p| name == *p))
         .collect();
+    if kube {
+        environment.push((env::STORE.into(), "kube".into()));
+    }
     if let Some(rollout) = &rollout {
         // The pre-receive hook checks a new release the way the operator will.
         environment.push((
@@ -298,7 +375,20 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         environment,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         push_wait: Duration::from_secs(args.push_wait),
+        metrics: std::sync::Arc::new(slipway_git_server::metrics::Metrics::default()),
     };
+    if let Some(probe_listen) = args.probe_listen {
+        let metrics = config.metrics.clone();
+        start_probe(
+            probe_listen,
+            probe::Probe {
+                ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                metrics: std::sync::Arc::new(move || metrics.render()),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    }
     say(&format!("slipway git server listening on {address}"));
     let mut background = Vec::new();
     if let Some(rollout) = rollout {
@@ -355,7 +445,7 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
 
 /// Adds the shipped Runtimes (`runtimes/defaults/`) that the store does not have yet, so
 /// `slipway get runtimes` lists them; a Runtime applied under the same name is never replaced.
-async fn install_default_runtimes(store: &DirectoryStore) -> anyhow::Result<()> {
+async fn install_default_runtimes(store: &impl Store) -> anyhow::Result<()> {
     use slipway_api::Runtime;
     for runtime in slipway_runtimes::defaults() {
         let name = runtime.metadata.name.clone().unwrap_or_default();
@@ -364,6 +454,90 @@ async fn install_default_runtimes(store: &DirectoryStore) -> anyhow::Result<()> 
             tracing::info!(runtime = %name, "installed default runtime");
         }
     }
+    Ok(())
+}
+
+/// Starts the probe endpoints on `address`.
+async fn start_probe(
+    address: SocketAddr,
+    probe: probe::Probe,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    say(&format!(
+        "slipway probes on {}: /healthz /readyz /metrics",
+        listener.local_addr()?
+    ));
+    tokio::spawn(probe::serve(listener, probe, stop));
+    Ok(())
+}
+
+async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
+    use slipway_operator::kubernetes;
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone())?;
+    let store = slipway_store::KubeStore::connect()
+        .await
+        .context("cannot start the operator")?;
+    let metrics = std::sync::Arc::new(slipway_operator::metrics::Metrics::default());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(address) = args.probe_listen {
+        let metrics = metrics.clone();
+        start_probe(
+            address,
+            probe::Probe {
+                ready: ready.clone(),
+                metrics: std::sync::Arc::new(move || metrics.render()),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    }
+    install_default_runtimes(&store).await?;
+    // A standby replica is ready too: it serves probes and takes over when the leader goes.
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let nonempty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    let settings = kubernetes::Settings {
+        hosts: slipway_operator::Hosts {
+            domain: args.domain,
+            style: if args.flat_previews {
+                slipway_operator::HostStyle::Flat
+            } else {
+                slipway_operator::HostStyle::Nested
+            },
+        },
+        ingress_class: nonempty(args.ingress_class),
+        cluster_issuer: nonempty(args.cluster_issuer),
+        registry_rewrite: nonempty(args.registry).zip(nonempty(args.image_registry)),
+        health_path: args.health_path,
+        progress_deadline: args.progress_deadline,
+        ingress_namespace: args.ingress_namespace,
+        ..Default::default()
+    };
+    let holder = nonempty(args.holder)
+        .or_else(|| nonempty(std::env::var("HOSTNAME").ok()))
+        .unwrap_or_else(|| format!("slipway-operator-{}", std::process::id()));
+    say(&format!(
+        "slipway operator {holder}: apps at WEBSPACE.{}; waiting for the leader Lease {}/slipway-operator",
+        settings.hosts.domain, args.lease_namespace
+    ));
+    let election = kubernetes::lease::Election {
+        name: "slipway-operator".into(),
+        holder,
+        duration: Duration::from_secs(15),
+    };
+    kubernetes::run(
+        store.client().clone(),
+        settings,
+        election,
+        &args.lease_namespace,
+        metrics,
+        shutdown,
+    )
+    .await;
+    say("slipway operator: stopped");
     Ok(())
 }
 

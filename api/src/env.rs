@@ -54,10 +54,22 @@ pub const GIT_QUARANTINE_PATH: &str = "GIT_QUARANTINE_PATH";
 /// version. Ignoring it silently downgrades clients to protocol v0.
 pub const GIT_PROTOCOL: &str = "GIT_PROTOCOL";
 
+/// Where resources live: `directory` (the data directory) or `kube` (the Kubernetes API).
+pub const STORE: &str = "SLIPWAY_STORE";
+/// Address of the HTTP server for `/healthz`, `/readyz` and `/metrics`.
+pub const PROBE_LISTEN: &str = "SLIPWAY_PROBE_LISTEN";
+/// Ingress class of the generated Ingresses.
+pub const INGRESS_CLASS: &str = "SLIPWAY_INGRESS_CLASS";
+/// cert-manager ClusterIssuer for the apps' TLS certificates; empty for none.
+pub const CLUSTER_ISSUER: &str = "SLIPWAY_CLUSTER_ISSUER";
+/// The registry as the cluster's nodes pull from it (`HOST:PORT`).
+pub const IMAGE_REGISTRY: &str = "SLIPWAY_IMAGE_REGISTRY";
+
 /// Variables the server passes from its own environment to git and its hooks, and nothing
 /// else: git needs a `PATH` to find its helpers and a `HOME` to not complain; locale and `TZ`
 /// only shape messages; the `DOCKER_*` ones tell the hook where the engine and its registry
-/// credentials are; the hook settings above let an operator tune builds.
+/// credentials are; the `KUBERNETES_*` ones and `KUBECONFIG` let a hook on a cluster reach its
+/// API; the hook settings above let an operator tune builds.
 pub const PASSED_FROM_SERVER: &[&str] = &[
     "PATH",
     "HOME",
@@ -68,6 +80,9 @@ pub const PASSED_FROM_SERVER: &[&str] = &[
     "DOCKER_CONFIG",
     "DOCKER_CERT_PATH",
     "DOCKER_TLS_VERIFY",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "KUBECONFIG",
     MAX_BUILDS,
     BUILD_TIMEOUT,
 ];

@@ -6,6 +6,7 @@ pub mod command;
 pub mod host_key;
 pub mod keys;
 pub mod lock;
+pub mod metrics;
 pub mod plumbing;
 pub mod repository;
 pub mod retire;
@@ -37,4 +38,6 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a push waits for an earlier push to the same webspace.
     pub push_wait: Duration,
+    /// Counters for `/metrics`.
+    pub metrics: std::sync::Arc<metrics::Metrics>,
 }

@@ -315,6 +315,7 @@ impl<S: Store> Connection<S> {
         match self.shared.keys.owner(&fingerprint) {
             Owner::Customer(customer) => Some(customer),
             Owner::Unknown | Owner::Ambiguous => {
+                self.shared.config.metrics.refused_login();
                 tracing::info!(fingerprint = %key.fingerprint(HashAlg::Sha256), "key of no customer offered");
                 None
             }
@@ -695,11 +696,23 @@ async fn execute<S: Store>(
         repository,
         environment,
     };
-    match plumbing::run(invocation, channel, gone).await {
+    let service = invocation.service;
+    let ok = match plumbing::run(invocation, channel, gone).await {
         Ok(Ending::Exited(code)) => {
             tracing::info!(code, elapsed = ?started.elapsed(), %peer, "git finished");
+            code == 0
         }
-        Ok(Ending::Killed) => tracing::info!(elapsed = ?started.elapsed(), "git killed"),
-        Err(error) => tracing::error!(error = %error, "cannot spawn git"),
-    }
+        Ok(Ending::Killed) => {
+            tracing::info!(elapsed = ?started.elapsed(), "git killed");
+            false
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "cannot spawn git");
+            false
+        }
+    };
+    shared
+        .config
+        .metrics
+        .session(service, started.elapsed(), ok);
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use slipway_api::names::branch_label;
 use slipway_api::{Release, Runtime, Webspace};
-use slipway_store::{DirectoryStore, Store};
+use slipway_store::{AnyStore, Backend, Store};
 
 use crate::report::Reporter;
 use crate::tree::{Budget, Dockerfile};
@@ -40,6 +40,8 @@ pub struct Config {
     /// Whether an operator on this host rolls releases out (`slipway up`): pre-receive then
     /// starts each release unrouted and requires it to answer, post-receive waits until it serves.
     pub rollout: bool,
+    /// Where resources live; on a cluster post-receive waits for the operator's rollout.
+    pub store: Backend,
     /// Path a new release must answer (any status below 500).
     pub health_path: String,
     /// How long it has to answer.
@@ -105,7 +107,8 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
         );
         return Err(());
     }
-    let store = DirectoryStore::open(&config.data)
+    let store = AnyStore::open(config.store, &config.data)
+        .await
         .map_err(|e| reporter.failure("the server cannot read its configuration", &e))?;
     let webspace: Webspace = match store.get(&config.webspace).await {
         Ok(Some(webspace)) => webspace,
@@ -243,7 +246,7 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
 /// deleted, with the probe result, the exit code and the last log lines for the pusher.
 async fn start_unrouted(
     config: &Config,
-    store: &DirectoryStore,
+    store: &AnyStore,
     docker: &bollard::Docker,
     webspace: &Webspace,
     release: &Release,
@@ -328,7 +331,11 @@ async fn start_unrouted(
 const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Waits until the operator took `name` live (or failed it), and tells the pusher.
-async fn report_rollout(store: &DirectoryStore, branch: &str, name: &str, reporter: &Reporter) {
+async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &Reporter) {
+    let tool = match store {
+        AnyStore::Kube(_) => "kubectl",
+        AnyStore::Directory(_) => "slipway",
+    };
     let deadline = tokio::time::Instant::now() + LIVE_WAIT;
     loop {
         let status = store
@@ -360,7 +367,7 @@ async fn report_rollout(store: &DirectoryStore, branch: &str, name: &str, report
         }
         if tokio::time::Instant::now() >= deadline {
             reporter.say(&format!(
-                "slipway: `{branch}` is not live after {}s; `slipway get releases` shows its state",
+                "slipway: `{branch}` is not live after {}s; `{tool} get releases` shows its state",
                 LIVE_WAIT.as_secs()
             ));
             return;
@@ -372,7 +379,7 @@ async fn report_rollout(store: &DirectoryStore, branch: &str, name: &str, report
 /// Checks every branch of the push and prepares its build, before anything is built.
 async fn plan(
     config: &Config,
-    store: &DirectoryStore,
+    store: &AnyStore,
     webspace: &Webspace,
     updates: &[Update],
     reporter: &Reporter,
@@ -488,7 +495,7 @@ fn check_labels(
 }
 
 async fn find_runtime(
-    store: &DirectoryStore,
+    store: &AnyStore,
     name: &str,
 ) -> Result<Option<Runtime>, slipway_store::StoreError> {
     if let Some(runtime) = store.get::<Runtime>(name).await? {
@@ -502,7 +509,7 @@ async fn find_runtime(
 /// Runs post-receive: promotes the staged Releases of the branches that moved, and records
 /// deleted branches.
 pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> bool {
-    let store = match DirectoryStore::open(&config.data) {
+    let store = match AnyStore::open(config.store, &config.data).await {
         Ok(store) => store,
         Err(e) => {
             reporter.failure("the server cannot record the releases", &e);
@@ -554,7 +561,7 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
         match update {
             Update::Branch { branch, commit } => {
                 let name = release::name(&config.webspace, branch, commit);
-                if config.rollout {
+                if config.rollout || config.store == Backend::Kube {
                     report_rollout(&store, branch, &name, reporter).await;
                 } else {
                     reporter.say(&format!(

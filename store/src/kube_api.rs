@@ -39,13 +39,15 @@ impl KubeStore {
     /// # Errors
     /// No usable configuration.
     pub async fn connect() -> Result<Self, StoreError> {
-        let client = Client::try_default()
-            .await
-            .map_err(|source| StoreError::Api {
+        let client = Client::try_default().await.map_err(|source| match source {
+            // Its message repeats every cause; one line says it all.
+            kube::Error::InferConfig(_) => StoreError::NoCluster,
+            source => StoreError::Api {
                 operation: "connect to",
                 what: "the Kubernetes API".into(),
                 source,
-            })?;
+            },
+        })?;
         Ok(Self::new(client))
     }
 

@@ -91,6 +91,11 @@ pub enum StoreError {
         #[source]
         source: slipway_api::resources::ValidationError,
     },
+    /// Neither an in-cluster service account nor a kubeconfig file was found.
+    #[error(
+        "no Kubernetes configuration: not running in a cluster, and no kubeconfig at $KUBECONFIG or ~/.kube/config"
+    )]
+    NoCluster,
     /// The Kubernetes API refused or failed a call.
     #[error("cannot {operation} {what}")]
     Api {
