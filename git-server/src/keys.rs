@@ -92,6 +92,9 @@ impl KeyIndex {
                     change = changes.recv() => change,
                 };
                 let result = match change {
+                    Ok(change) if change.plural == "customers" && change.name.is_empty() => {
+                        updating.rebuild(&store).await
+                    }
                     Ok(change) if change.plural == "customers" => {
                         updating.refresh(&store, &change.name).await
                     }

@@ -336,7 +336,12 @@ async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &R
         AnyStore::Kube(_) => "kubectl",
         AnyStore::Directory(_) => "slipway",
     };
-    let deadline = tokio::time::Instant::now() + LIVE_WAIT;
+    // A cluster may first have to pull the image onto a node.
+    let wait = match store {
+        AnyStore::Kube(_) => LIVE_WAIT * 3,
+        AnyStore::Directory(_) => LIVE_WAIT,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let status = store
             .get::<Release>(name)
@@ -368,7 +373,7 @@ async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &R
         if tokio::time::Instant::now() >= deadline {
             reporter.say(&format!(
                 "slipway: `{branch}` is not live after {}s; `{tool} get releases` shows its state",
-                LIVE_WAIT.as_secs()
+                wait.as_secs()
             ));
             return;
         }

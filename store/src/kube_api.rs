@@ -93,10 +93,15 @@ fn spawn_watch<K: Kind>(api: Api<K>, changes: broadcast::Sender<Change>) {
                 .boxed()
         );
         while let Some(event) = events.next().await {
-            let object = match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => object,
-                Ok(watcher::Event::InitApply(object)) => object,
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            // A (re)listing is announced once, when complete, as a change of the whole kind:
+            // deletions during a watch gap are not reported one by one, and ten thousand
+            // objects listed at start should not cost ten thousand reads downstream.
+            let name = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    object.meta().name.clone().unwrap_or_default()
+                }
+                Ok(watcher::Event::InitDone) => String::new(),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
                 Err(error) => {
                     tracing::warn!(%error, kind = %plural, "watch interrupted; retrying");
                     continue;
@@ -104,7 +109,7 @@ fn spawn_watch<K: Kind>(api: Api<K>, changes: broadcast::Sender<Change>) {
             };
             let _ = changes.send(Change {
                 plural: plural.clone(),
-                name: object.meta().name.clone().unwrap_or_default(),
+                name,
             });
         }
     });

@@ -53,7 +53,8 @@ impl<K> Kind for K where
 pub struct Change {
     /// Plural resource name, e.g. `customers`.
     pub plural: String,
-    /// `metadata.name` of the resource.
+    /// `metadata.name` of the resource; empty when any resource of the kind may have changed
+    /// (a watch was re-established): re-list them all.
     pub name: String,
 }
 

@@ -15,6 +15,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -43,7 +45,9 @@ pub async fn control(
     ));
     let context = Arc::new(Context::new(client.clone(), settings, metrics));
     controller
-        .owns(Api::<KubeDeployment>::all(client.clone()), owned)
+        .owns(Api::<KubeDeployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<Ingress>::all(client.clone()), owned)
         .watches(
             Api::<Release>::all(client.clone()),
             watcher::Config::default(),
