@@ -56,6 +56,9 @@ pub struct HookArgs {
     /// `1` when an operator on this host rolls releases out (`slipway up`).
     #[arg(long, env = env::ROLLOUT, default_value = "0")]
     rollout: String,
+    /// The engine's builder: `buildkit`, or `classic` (memory and CPU limits on build steps).
+    #[arg(long, env = env::BUILDER, default_value = "buildkit", value_parser = ["buildkit", "classic"])]
+    builder: String,
     /// Where resources live: `directory` or `kube`.
     #[arg(long, env = env::STORE, default_value = "directory", value_parser = crate::parse_backend)]
     store: slipway_store::Backend,
@@ -100,6 +103,11 @@ pub fn run(args: HookArgs) -> ExitCode {
         max_builds: args.max_builds,
         limits: slipway_hook::build::Limits {
             timeout: Duration::from_secs(args.build_timeout),
+            builder: if args.builder == "classic" {
+                slipway_hook::build::Builder::Classic
+            } else {
+                slipway_hook::build::Builder::BuildKit
+            },
             ..Default::default()
         },
     };

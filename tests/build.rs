@@ -145,7 +145,7 @@ fn a_dockerfile_repo_becomes_an_image_in_the_registry_and_a_promoted_release() {
     let said = stderr(&push);
     assert!(said.contains("remote: slipway: building `main`"), "{said}");
     assert!(
-        said.contains("remote: Step 1/3 : FROM slipway-test/busybox:latest"),
+        said.contains("remote: Step 1/2 : FROM slipway-test/busybox:latest"),
         "{said}"
     );
 
@@ -183,6 +183,29 @@ fn a_dockerfile_repo_becomes_an_image_in_the_registry_and_a_promoted_release() {
         head.to_ascii_lowercase()
             .contains(&format!("docker-content-digest: {digest}")),
         "{head} vs {digest}"
+    );
+}
+
+#[test]
+fn the_classic_builder_stays_available_for_its_step_limits() {
+    let site = Site::with_server(None, &[], &[("SLIPWAY_BUILDER", "classic")]);
+    let app = site.app(&[
+        (
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\nRUN echo limited && false\n",
+        ),
+        ("index.html", "x\n"),
+    ]);
+    let push = site.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    // Only the classic builder numbers steps this way and runs them in `Running in` containers.
+    assert!(said.contains("remote:  ---> Running in "), "{said}");
+    assert!(
+        said.contains(
+            "remote: error: building `main` failed at `Step 2/2 : RUN echo limited && false`"
+        ),
+        "{said}"
     );
 }
 

@@ -54,6 +54,9 @@ pub const GIT_QUARANTINE_PATH: &str = "GIT_QUARANTINE_PATH";
 /// version. Ignoring it silently downgrades clients to protocol v0.
 pub const GIT_PROTOCOL: &str = "GIT_PROTOCOL";
 
+/// The engine's builder for pushes: `buildkit` (default) or `classic` (slower; the only one
+/// that applies memory and CPU limits to build steps).
+pub const BUILDER: &str = "SLIPWAY_BUILDER";
 /// Where resources live: `directory` (the data directory) or `kube` (the Kubernetes API).
 pub const STORE: &str = "SLIPWAY_STORE";
 /// Address of the HTTP server for `/healthz`, `/readyz` and `/metrics`.
@@ -85,4 +88,5 @@ pub const PASSED_FROM_SERVER: &[&str] = &[
     "KUBECONFIG",
     MAX_BUILDS,
     BUILD_TIMEOUT,
+    BUILDER,
 ];

@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptions, PushImageOptions};
+use bollard::models::BuildInfoAux;
+use bollard::query_parameters::{BuildImageOptions, BuilderVersion, PushImageOptions};
+use bollard_stubs::moby::buildkit::v1::StatusResponse;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -27,6 +29,19 @@ pub struct Limits {
     pub memory: i32,
     /// CPU quota in units of 1/100,000 of a CPU per 100 ms period.
     pub cpu_quota: i32,
+    /// Which builder of the engine runs the build.
+    pub builder: Builder,
+}
+
+/// The engine's builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Builder {
+    /// BuildKit, through the plain `/build` endpoint: about three times faster on a small
+    /// change here. The engine does not apply `memory` and `cpu_quota` to its build steps.
+    #[default]
+    BuildKit,
+    /// The classic builder: slower, but each step's container gets the memory and CPU limits.
+    Classic,
 }
 
 impl Default for Limits {
@@ -37,6 +52,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(15 * 60),
             memory: 1 << 30,
             cpu_quota: 200_000,
+            builder: Builder::default(),
         }
     }
 }
@@ -118,23 +134,19 @@ pub async fn build(
         memswap: Some(limits.memory),
         cpuperiod: Some(100_000),
         cpuquota: Some(limits.cpu_quota),
+        version: match limits.builder {
+            Builder::BuildKit => BuilderVersion::BuilderBuildKit,
+            Builder::Classic => BuilderVersion::BuilderV1,
+        },
         ..Default::default()
     };
     let body = futures_util::stream::unfold(context, |mut receiver| async move {
         receiver.recv().await.map(|chunk| (chunk, receiver))
     });
     let mut stream = docker.build_image(options, None, Some(bollard::body_stream(body)));
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(KEPT_LINES);
-    let mut partial = String::new();
-    let mut step: Option<String> = None;
+    let mut output = Output::default();
     let started = tokio::time::Instant::now();
     let deadline = started + limits.timeout;
-    let keep = |line: String, tail: &mut VecDeque<String>| {
-        if tail.len() == KEPT_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-    };
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -148,43 +160,124 @@ pub async fn build(
             None => break,
             Some(Ok(info)) => info,
             Some(Err(bollard::errors::Error::DockerStreamError { error })) => {
-                return Err(BuildError::Failed {
-                    step,
-                    message: clean(&error),
-                    tail: tail.into(),
-                });
+                return Err(output.failed(&error));
             }
             Some(Err(error)) => return Err(BuildError::Engine(error)),
         };
         if let Some(detail) = info.error_detail {
-            return Err(BuildError::Failed {
-                step,
-                message: clean(detail.message.as_deref().unwrap_or("unknown error")),
-                tail: tail.into(),
-            });
+            return Err(output.failed(detail.message.as_deref().unwrap_or("unknown error")));
         }
         if let Some(text) = info.stream {
-            partial.push_str(&text);
-            while let Some(end) = partial.find('\n') {
-                let line = clean(partial.get(..end).unwrap_or_default());
-                partial.replace_range(..=end, "");
-                if line.trim().is_empty() {
-                    continue;
+            output.classic(&text, reporter);
+        }
+        if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
+            output.buildkit(&status, reporter);
+        }
+    }
+    output.flush(reporter);
+    Ok(output.tail.into())
+}
+
+/// Build output as the pusher sees it: the classic builder's `Step N/M : ...` lines as they
+/// come, and BuildKit's progress turned into the same form (`[2/3] COPY ...` becomes
+/// `Step 2/3 : COPY ...`, then the step's own output).
+#[derive(Debug, Default)]
+struct Output {
+    tail: VecDeque<String>,
+    partial: String,
+    step: Option<String>,
+    /// BuildKit vertices already announced, by digest, with their step line.
+    steps: std::collections::HashMap<String, String>,
+    /// The step of the BuildKit vertex that reported an error.
+    failed_step: Option<String>,
+}
+
+impl Output {
+    fn keep(&mut self, line: String, reporter: &Reporter) {
+        reporter.say(&line);
+        if self.tail.len() == KEPT_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    fn classic(&mut self, text: &str, reporter: &Reporter) {
+        self.partial.push_str(text);
+        while let Some(end) = self.partial.find('\n') {
+            let line = clean(self.partial.get(..end).unwrap_or_default());
+            self.partial.replace_range(..=end, "");
+            if line.trim().is_empty() {
+                continue;
+            }
+            if line.starts_with("Step ") {
+                self.step = Some(line.clone());
+            }
+            self.keep(line, reporter);
+        }
+    }
+
+    fn buildkit(&mut self, status: &StatusResponse, reporter: &Reporter) {
+        for vertex in &status.vertexes {
+            let Some(step) = step_line(&vertex.name) else {
+                continue;
+            };
+            if !self.steps.contains_key(&vertex.digest)
+                && (vertex.started.is_some() || vertex.cached)
+            {
+                self.steps.insert(vertex.digest.clone(), step.clone());
+                self.step = Some(step.clone());
+                self.keep(step.clone(), reporter);
+            }
+            if !vertex.error.is_empty() {
+                self.failed_step = Some(step);
+            }
+        }
+        for log in &status.logs {
+            for line in String::from_utf8_lossy(&log.msg).lines() {
+                let line = clean(line);
+                if !line.trim().is_empty() {
+                    self.keep(line, reporter);
                 }
-                if line.starts_with("Step ") {
-                    step = Some(line.clone());
-                }
-                reporter.say(&line);
-                keep(line, &mut tail);
             }
         }
     }
-    if !partial.trim().is_empty() {
-        let line = clean(&partial);
-        reporter.say(&line);
-        keep(line, &mut tail);
+
+    fn flush(&mut self, reporter: &Reporter) {
+        if !self.partial.trim().is_empty() {
+            let line = clean(&std::mem::take(&mut self.partial));
+            self.keep(line, reporter);
+        }
     }
-    Ok(tail.into())
+
+    fn failed(self, message: &str) -> BuildError {
+        BuildError::Failed {
+            step: self.failed_step.or(self.step),
+            message: clean(message),
+            tail: self.tail.into(),
+        }
+    }
+}
+
+/// `[2/3] COPY index.html /www/` as `Step 2/3 : COPY index.html /www/` (a stage name stays in
+/// front: `[build 2/3] ...` → `Step build 2/3 : ...`); BuildKit's own `[internal] ...` work is
+/// not a step. `FROM docker.io/library/node` reads as the Dockerfile wrote it: `FROM node`.
+fn step_line(name: &str) -> Option<String> {
+    let rest = name.strip_prefix('[')?;
+    let (position, instruction) = rest.split_once("] ")?;
+    if position == "internal" || !position.contains('/') {
+        return None;
+    }
+    let instruction = match instruction.strip_prefix("FROM ") {
+        Some(image) => {
+            let image = image
+                .strip_prefix("docker.io/library/")
+                .or_else(|| image.strip_prefix("docker.io/"))
+                .unwrap_or(image);
+            format!("FROM {image}")
+        }
+        None => instruction.to_owned(),
+    };
+    Some(format!("Step {position} : {instruction}"))
 }
 
 /// Pushes `repository:tag` and returns its digest (`sha256:...`).
@@ -233,4 +326,34 @@ pub async fn push(
         .into_iter()
         .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
         .ok_or(PushError::NoDigest(image))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildkit_steps_read_like_classic_ones() {
+        assert_eq!(
+            step_line("[1/3] FROM docker.io/slipway-test/busybox:latest").as_deref(),
+            Some("Step 1/3 : FROM slipway-test/busybox:latest")
+        );
+        assert_eq!(
+            step_line("[2/2] FROM docker.io/library/node:22").as_deref(),
+            Some("Step 2/2 : FROM node:22")
+        );
+        assert_eq!(
+            step_line("[3/3] RUN echo compiling && false").as_deref(),
+            Some("Step 3/3 : RUN echo compiling && false")
+        );
+        assert_eq!(
+            step_line("[build 2/4] COPY . /src").as_deref(),
+            Some("Step build 2/4 : COPY . /src")
+        );
+        assert_eq!(
+            step_line("[internal] load build definition from Dockerfile"),
+            None
+        );
+        assert_eq!(step_line("copy /context /"), None);
+    }
 }
