@@ -219,6 +219,28 @@ pub struct ReleaseSpec {
     pub pusher: String,
 }
 
+/// Annotation on a Release: when the hook staged it, to the nanosecond (RFC 3339). Releases
+/// are ordered by it: `creationTimestamp` has whole seconds, and a fast push lands in the same
+/// second as the one before.
+pub const PUSHED_AT_ANNOTATION: &str = "slipway.dev/pushed-at";
+
+impl Release {
+    /// When it was pushed: the [`PUSHED_AT_ANNOTATION`], else `creationTimestamp`.
+    pub fn pushed_at(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PUSHED_AT_ANNOTATION))
+            .and_then(|t| t.parse().ok())
+            .or_else(|| self.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    }
+
+    /// Sorts releases oldest first: by [`Release::pushed_at`], then name.
+    pub fn order(&self) -> (Option<k8s_openapi::jiff::Timestamp>, Option<&str>) {
+        (self.pushed_at(), self.metadata.name.as_deref())
+    }
+}
+
 /// Observed state of a Release.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -59,6 +59,10 @@ pub fn staged(
             pusher: pusher.to_owned(),
         },
     );
+    release.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        slipway_api::resources::PUSHED_AT_ANNOTATION.to_owned(),
+        k8s_openapi::jiff::Timestamp::now().to_string(),
+    )]));
     release.status = Some(ReleaseStatus {
         phase: Some(STAGED.to_owned()),
         reason: None,

@@ -69,14 +69,8 @@ pub fn desired(
             continue;
         }
         let key = (release.spec.webspace.as_str(), release.spec.branch.as_str());
-        let order = |r: &Release| {
-            (
-                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                r.metadata.name.clone(),
-            )
-        };
         match newest.get(&key) {
-            Some(current) if order(current) >= order(release) => {}
+            Some(current) if current.order() >= release.order() => {}
             _ => {
                 newest.insert(key, release);
             }
@@ -189,6 +183,33 @@ mod tests {
         );
         assert_eq!(out[1].env.get("PORT").map(String::as_str), Some("8080"));
         assert_eq!(out[1].env.get("MODE").map(String::as_str), Some("prod"));
+    }
+
+    #[test]
+    fn releases_in_the_same_second_are_ordered_by_their_push_time() {
+        let stamp = |mut r: Release, at: &str| {
+            r.metadata.annotations = Some(
+                [(
+                    slipway_api::resources::PUSHED_AT_ANNOTATION.to_owned(),
+                    at.to_owned(),
+                )]
+                .into(),
+            );
+            r
+        };
+        // `zzz` sorts after `aaa` by name, but was pushed first.
+        let releases = [
+            stamp(
+                release("zzz", "blog", "main", "Promoted", "2026-01-01T00:00:00Z"),
+                "2026-01-01T00:00:00.100Z",
+            ),
+            stamp(
+                release("aaa", "blog", "main", "Promoted", "2026-01-01T00:00:00Z"),
+                "2026-01-01T00:00:00.900Z",
+            ),
+        ];
+        let out = desired(&[webspace("blog")], &releases, &[], &hosts());
+        assert_eq!(out[0].release, "aaa");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   are kept alive; method, path, query and end-to-end headers are kept; hop-by-hop headers
 //!   are dropped and `X-Forwarded-For`, `-Proto` and `-Host` are set.
 //! - An unknown host gets 404 with a short page; a backend that does not answer gets 502.
+//!
+//! Each client connection keeps its own connection to the backend it last used and reuses it
+//! for its next request to that backend: no shared pool to lock or hand connections through.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,13 +19,12 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1 as upstream;
 use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,8 +115,38 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// A client connection's connection to a backend, kept between its requests.
+type Affinity = Arc<std::sync::Mutex<Option<(SocketAddr, upstream::SendRequest<Incoming>)>>>;
+
+/// A ready connection to `backend`: the client connection's own when it still works, else a
+/// new one (driven by a task of its own).
+async fn connect(
+    affinity: &Affinity,
+    backend: SocketAddr,
+) -> std::io::Result<upstream::SendRequest<Incoming>> {
+    let kept = affinity.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((address, mut sender)) = kept
+        && address == backend
+        && sender.ready().await.is_ok()
+    {
+        return Ok(sender);
+    }
+    let stream = tokio::net::TcpStream::connect(backend).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) = upstream::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "backend connection ended");
+        }
+    });
+    sender.ready().await.map_err(std::io::Error::other)?;
+    Ok(sender)
+}
+
 async fn proxy(
-    client: Client<HttpConnector, Incoming>,
+    affinity: Affinity,
     routes: Arc<Routes>,
     peer: SocketAddr,
     mut request: Request<Incoming>,
@@ -128,15 +160,9 @@ async fn proxy(
             "404: no app is deployed on this host\n",
         ));
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let Ok(uri) = format!("http://{backend}{path}").parse::<Uri>() else {
-        return Ok(page(StatusCode::BAD_REQUEST, "400: bad request target\n"));
-    };
-    *request.uri_mut() = uri;
+    // Origin form (`/path?query`): the backend gets the client's Host header.
+    let target = request.uri().path_and_query().cloned();
+    *request.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
     let original_host = request.headers().get(HOST).cloned();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
@@ -151,8 +177,17 @@ async fn proxy(
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
-    match client.request(request).await {
-        Ok(response) => {
+    let sent = match connect(&affinity, backend).await {
+        Ok(mut sender) => sender
+            .send_request(request)
+            .await
+            .map(|response| (sender, response))
+            .map_err(std::io::Error::other),
+        Err(error) => Err(error),
+    };
+    match sent {
+        Ok((sender, response)) => {
+            *affinity.lock().unwrap_or_else(|p| p.into_inner()) = Some((backend, sender));
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body.boxed()))
@@ -170,12 +205,6 @@ async fn proxy(
 /// Serves HTTP on `listener`, routing by `table`, until `shutdown` is cancelled; then stops
 /// accepting and lets open connections finish their current request.
 pub async fn run(listener: TcpListener, table: RouteTable, shutdown: CancellationToken) {
-    let mut connector = HttpConnector::new();
-    // Small responses must not wait for delayed ACKs on the backend side either.
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(64)
-        .build(connector);
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -190,12 +219,12 @@ pub async fn run(listener: TcpListener, table: RouteTable, shutdown: Cancellatio
             },
         };
         let _ = stream.set_nodelay(true);
-        let client = client.clone();
+        let affinity = Affinity::default();
         let table = table.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let service =
-                service_fn(move |request| proxy(client.clone(), table.snapshot(), peer, request));
+                service_fn(move |request| proxy(affinity.clone(), table.snapshot(), peer, request));
             let connection = http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);

@@ -145,12 +145,7 @@ async fn prune_old_releases<S: Store>(
         if list.len() <= KEEP_RELEASES {
             continue;
         }
-        list.sort_by_key(|r| {
-            std::cmp::Reverse((
-                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                r.metadata.name.clone(),
-            ))
-        });
+        list.sort_by_key(|r| std::cmp::Reverse(r.order()));
         doomed.extend(list.into_iter().skip(KEEP_RELEASES).filter(|r| {
             let name = r.metadata.name.as_deref().unwrap_or_default();
             let phase = r.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -341,15 +336,26 @@ async fn reconcile<S: Store>(
             .await?;
         }
     }
-    // Containers that serve nothing wanted stop after the drain delay. A staged release's
-    // container (started by pre-receive, not routed yet) is left alone.
-    let staged: HashSet<&str> = releases
-        .iter()
-        .filter(|r| r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Staged"))
-        .filter_map(|r| r.metadata.name.as_deref())
+    // Containers that serve nothing wanted stop after the drain delay. A release's container
+    // that is staged (started by pre-receive) or promoted but not routed yet is left alone.
+    // The Releases are read again *after* listing the containers: the hook records a Release
+    // before it starts its container, so every container listed has its Release in this read,
+    // however long this pass took (the list it started from may predate the push).
+    let containers = docker::list(docker, &settings.instance).await?;
+    let pending: HashSet<String> = store
+        .list::<Release>()
+        .await?
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Staged" | "Promoted")
+            )
+        })
+        .filter_map(|r| r.metadata.name)
         .collect();
-    for container in docker::list(docker, &settings.instance).await? {
-        if serving.contains(&container.release) || staged.contains(container.release.as_str()) {
+    for container in containers {
+        if serving.contains(&container.release) || pending.contains(&container.release) {
             continue;
         }
         let mut guard = state.lock().await;

@@ -36,14 +36,8 @@ fn phase(release: &Release) -> &str {
 fn failures<'a>(releases: &[&'a Release]) -> Vec<&'a Release> {
     let mut newest: std::collections::BTreeMap<&str, &Release> = Default::default();
     for release in releases {
-        let order = |r: &Release| {
-            (
-                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                r.metadata.name.clone(),
-            )
-        };
         match newest.get(release.spec.branch.as_str()) {
-            Some(current) if order(current) >= order(release) => {}
+            Some(current) if current.order() >= release.order() => {}
             _ => {
                 newest.insert(&release.spec.branch, release);
             }
@@ -89,10 +83,7 @@ pub fn webspace_status(observed: Observed<'_>) -> WebspaceStatus {
         .find(|b| b.branch == webspace.spec.production_branch)
         .map(|b| b.url.clone());
     let failed = failures(releases);
-    let built = match releases
-        .iter()
-        .max_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
-    {
+    let built = match releases.iter().max_by_key(|r| r.order()) {
         Some(release) => (
             "True",
             "ImageBuilt",
