@@ -377,7 +377,7 @@ async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &R
             ));
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

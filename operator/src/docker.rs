@@ -249,9 +249,13 @@ pub async fn wait_healthy(
         if tokio::time::Instant::now() >= deadline {
             return Err(last);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
+
+/// Pause between health probes: short, since a small app answers within a few hundred ms of
+/// its start and every pause is added to the push.
+const POLL: Duration = Duration::from_millis(25);
 
 /// Like [`wait_healthy`], but gives up as soon as the container stopped running (an app that
 /// crashes at start fails in a second, not after the whole timeout).
@@ -296,7 +300,7 @@ pub async fn wait_ready(
                 timeout.as_secs()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -62,6 +62,8 @@ impl Settings {
 struct State {
     healthy: HashSet<String>,
     removing: HashSet<String>,
+    /// A prune runs in the background; passes do not wait for it (or start another).
+    pruning: bool,
 }
 
 /// Runs until `shutdown`.
@@ -310,7 +312,22 @@ async fn reconcile<S: Store>(
     }
     table.replace(routes);
     write_webspace_status(store, &webspaces, &releases, &wanted, &serving, settings).await?;
-    prune_old_releases(store, docker, &releases, &serving).await?;
+    // Removing images takes a while; a pass must stay quick so a promoted release is routed
+    // at once, so pruning runs beside the passes, one at a time.
+    let start_pruning = {
+        let mut guard = state.lock().await;
+        !std::mem::replace(&mut guard.pruning, true)
+    };
+    if start_pruning {
+        let (store, docker, state) = (store.clone(), docker.clone(), state.clone());
+        let (releases, serving) = (releases.clone(), serving.clone());
+        tokio::spawn(async move {
+            if let Err(error) = prune_old_releases(&store, &docker, &releases, &serving).await {
+                tracing::warn!(%error, "cannot prune old releases");
+            }
+            state.lock().await.pruning = false;
+        });
+    }
     // Releases of a branch that now serves something newer are superseded.
     for release in &releases {
         let phase = release
