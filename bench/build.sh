@@ -502,7 +502,7 @@ notes=(
     "$SLIPWAY_VERSION ($SLIPWAY_BIN); Docker engine $ENGINE; registry $BENCH_REGISTRY; $(git --version); $(nproc) CPUs; load average $LOAD_START at the start, $LOAD_END at the end"
     "each run: change one line of public/index.html, commit, then time the side; runs alternate between the sides; $BENCH_RUNS measured runs after $BENCH_WARMUP warm-up run(s) per side"
     "app: Dockerfile (FROM $BASE_IMAGE, cached RUN for dependencies, COPY . /app) + $((BENCH_FILES + 5)) small files; image tag = tree id on every side"
-    "slipway: git push over SSH (OpenSSH client, kex $KEX) to \`slipway git-server --registry $BENCH_REGISTRY\`; the pre-receive hook builds (classic builder through the engine API) and pushes before git push returns"
+    "slipway: git push over SSH (OpenSSH client, kex $KEX) to \`slipway git-server --registry $BENCH_REGISTRY\`; the pre-receive hook builds (BuildKit through the engine API, or the classic builder with SLIPWAY_BUILDER=classic) and pushes before git push returns"
     "hand: \`git archive HEAD | docker build -t $BENCH_REGISTRY/$HAND_REPO:TREE -\` then \`docker push\`; classic with $CLASSIC_DESC, BuildKit with $BUILDKIT_DESC"
     "BuildKit clients tried: ${BUILDKIT_TRIED[*]:-none}"
     "faster hand builder (median): $FASTEST; $GOAL"
