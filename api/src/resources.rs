@@ -235,6 +235,14 @@ impl Release {
             .or_else(|| self.metadata.creation_timestamp.as_ref().map(|t| t.0))
     }
 
+    /// `status.phase`, empty when it has none yet.
+    pub fn phase(&self) -> &str {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or_default()
+    }
+
     /// Sorts releases oldest first: by [`Release::pushed_at`], then name.
     pub fn order(&self) -> (Option<k8s_openapi::jiff::Timestamp>, Option<&str>) {
         (self.pushed_at(), self.metadata.name.as_deref())

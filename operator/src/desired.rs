@@ -42,12 +42,21 @@ pub struct Deployment {
     pub hosts: Vec<String>,
 }
 
-fn phase(release: &Release) -> &str {
-    release
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
+/// The newest of `releases` per (webspace, branch), by [`Release::order`].
+pub fn newest_per_branch<'a>(
+    releases: impl IntoIterator<Item = &'a Release>,
+) -> BTreeMap<(&'a str, &'a str), &'a Release> {
+    let mut newest: BTreeMap<(&str, &str), &Release> = BTreeMap::new();
+    for release in releases {
+        let key = (release.spec.webspace.as_str(), release.spec.branch.as_str());
+        match newest.get(&key) {
+            Some(current) if current.order() >= release.order() => {}
+            _ => {
+                newest.insert(key, release);
+            }
+        }
+    }
+    newest
 }
 
 /// Decides what should run. See the module's guarantees.
@@ -61,47 +70,34 @@ pub fn desired(
         .iter()
         .filter_map(|w| w.metadata.name.as_deref().map(|n| (n, w)))
         .collect();
-    let mut newest: BTreeMap<(&str, &str), &Release> = BTreeMap::new();
-    for release in releases {
-        if !SERVABLE.contains(&phase(release))
-            || !by_name.contains_key(release.spec.webspace.as_str())
-        {
-            continue;
-        }
-        let key = (release.spec.webspace.as_str(), release.spec.branch.as_str());
-        match newest.get(&key) {
-            Some(current) if current.order() >= release.order() => {}
-            _ => {
-                newest.insert(key, release);
-            }
-        }
-    }
-    newest
-        .into_iter()
-        .filter_map(|((name, branch), release)| {
-            let webspace = by_name.get(name)?;
-            let runtime_port = webspace.spec.runtime.as_deref().and_then(|r| {
-                runtimes
-                    .iter()
-                    .find(|rt| rt.metadata.name.as_deref() == Some(r))
-                    .map(|rt| rt.spec.port)
-            });
-            let port = webspace.spec.port.or(runtime_port).unwrap_or(DEFAULT_PORT);
-            let mut env = webspace.spec.env.clone();
-            env.insert("PORT".to_owned(), port.to_string());
-            Some(Deployment {
-                webspace: name.to_owned(),
-                branch: branch.to_owned(),
-                label: branch_label(branch),
-                release: release.metadata.name.clone().unwrap_or_default(),
-                image: release.spec.image.clone(),
-                port,
-                replicas: webspace.spec.replicas,
-                env,
-                hosts: hosts.for_branch(webspace, branch),
-            })
+    newest_per_branch(releases.iter().filter(|r| {
+        SERVABLE.contains(&r.phase()) && by_name.contains_key(r.spec.webspace.as_str())
+    }))
+    .into_iter()
+    .filter_map(|((name, branch), release)| {
+        let webspace = by_name.get(name)?;
+        let runtime_port = webspace.spec.runtime.as_deref().and_then(|r| {
+            runtimes
+                .iter()
+                .find(|rt| rt.metadata.name.as_deref() == Some(r))
+                .map(|rt| rt.spec.port)
+        });
+        let port = webspace.spec.port.or(runtime_port).unwrap_or(DEFAULT_PORT);
+        let mut env = webspace.spec.env.clone();
+        env.insert("PORT".to_owned(), port.to_string());
+        Some(Deployment {
+            webspace: name.to_owned(),
+            branch: branch.to_owned(),
+            label: branch_label(branch),
+            release: release.metadata.name.clone().unwrap_or_default(),
+            image: release.spec.image.clone(),
+            port,
+            replicas: webspace.spec.replicas,
+            env,
+            hosts: hosts.for_branch(webspace, branch),
         })
-        .collect()
+    })
+    .collect()
 }
 
 #[cfg(test)]

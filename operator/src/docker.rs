@@ -229,36 +229,13 @@ async fn probe(address: SocketAddr, path: &str) -> Option<u16> {
         .flatten()
 }
 
-/// Waits until the app answers `path` with a status below 500.
-///
-/// # Errors
-/// The last probe result when `timeout` passed first.
-pub async fn wait_healthy(
-    address: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<u16, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = "no answer".to_owned();
-    loop {
-        match probe(address, path).await {
-            Some(status) if status < 500 => return Ok(status),
-            Some(status) => last = format!("HTTP {status}"),
-            None => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(last);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Pause between health probes: short, since a small app answers within a few hundred ms of
 /// its start and every pause is added to the push.
 const POLL: Duration = Duration::from_millis(25);
 
-/// Like [`wait_healthy`], but gives up as soon as the container stopped running (an app that
-/// crashes at start fails in a second, not after the whole timeout).
+/// Waits until the app answers `path` with a status below 500; gives up as soon as the
+/// container stopped running (an app that crashes at start fails in a second, not after the
+/// whole timeout).
 ///
 /// # Errors
 /// The last probe result, or that the container exited.

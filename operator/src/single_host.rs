@@ -150,8 +150,7 @@ async fn prune_old_releases<S: Store>(
         list.sort_by_key(|r| std::cmp::Reverse(r.order()));
         doomed.extend(list.into_iter().skip(KEEP_RELEASES).filter(|r| {
             let name = r.metadata.name.as_deref().unwrap_or_default();
-            let phase = r.status.as_ref().and_then(|s| s.phase.as_deref());
-            !serving.contains(name) && phase != Some("Staged")
+            !serving.contains(name) && r.phase() != "Staged"
         }));
     }
     let image_of = |r: &Release| {
@@ -330,11 +329,7 @@ async fn reconcile<S: Store>(
     }
     // Releases of a branch that now serves something newer are superseded.
     for release in &releases {
-        let phase = release
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .unwrap_or_default();
+        let phase = release.phase();
         let name = release.metadata.name.as_deref().unwrap_or_default();
         let replaced = wanted.iter().any(|d| {
             d.webspace == release.spec.webspace
@@ -363,12 +358,7 @@ async fn reconcile<S: Store>(
         .list::<Release>()
         .await?
         .into_iter()
-        .filter(|r| {
-            matches!(
-                r.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Staged" | "Promoted")
-            )
-        })
+        .filter(|r| matches!(r.phase(), "Staged" | "Promoted"))
         .filter_map(|r| r.metadata.name)
         .collect();
     for container in containers {

@@ -24,28 +24,11 @@ pub struct Observed<'a> {
     pub now: &'a str,
 }
 
-fn phase(release: &Release) -> &str {
-    release
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
 /// The newest Release per branch that failed and was not followed by a newer one.
 fn failures<'a>(releases: &[&'a Release]) -> Vec<&'a Release> {
-    let mut newest: std::collections::BTreeMap<&str, &Release> = Default::default();
-    for release in releases {
-        match newest.get(release.spec.branch.as_str()) {
-            Some(current) if current.order() >= release.order() => {}
-            _ => {
-                newest.insert(&release.spec.branch, release);
-            }
-        }
-    }
-    newest
+    crate::desired::newest_per_branch(releases.iter().copied())
         .into_values()
-        .filter(|r| phase(r) == "Failed")
+        .filter(|r| r.phase() == "Failed")
         .collect()
 }
 

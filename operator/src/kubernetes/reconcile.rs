@@ -118,14 +118,6 @@ where
     }
 }
 
-fn phase(release: &Release) -> &str {
-    release
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
 fn release_of(deployment: &KubeDeployment) -> Option<&str> {
     deployment
         .metadata
@@ -300,43 +292,43 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     let deployed = |label: &str| current.iter().find(|d| branch_of(d) == Some(label));
 
     // A rollout past its deadline fails its Release; deciding again brings the previous one.
-    let mut wanted = crate::desired(
-        std::slice::from_ref(webspace),
-        &releases,
-        &runtimes,
-        &settings.hosts,
-    );
-    for release_name in wanted
+    let decide = |releases: &[Release]| {
+        crate::desired(
+            std::slice::from_ref(webspace),
+            releases,
+            &runtimes,
+            &settings.hosts,
+        )
+    };
+    let mut wanted = decide(&releases);
+    let stuck: Vec<(String, String)> = wanted
         .iter()
         .filter_map(|w| {
             let running = deployed(&w.label)?;
-            (release_of(running) == Some(w.release.as_str()))
-                .then(|| deadline_missed(running).map(|why| (w.release.clone(), why)))
-                .flatten()
+            if release_of(running) != Some(w.release.as_str()) {
+                return None;
+            }
+            deadline_missed(running).map(|why| (w.release.clone(), why))
         })
-        .collect::<Vec<_>>()
-    {
-        let (failed, why) = release_name;
-        set_release_status(
-            &release_api,
-            &failed,
-            serde_json::json!({"phase": "Failed", "reason": why}),
-        )
-        .await?;
-        if let Some(release) = releases
-            .iter_mut()
-            .find(|r| r.metadata.name.as_deref() == Some(failed.as_str()))
-        {
-            let status = release.status.get_or_insert_with(Default::default);
-            status.phase = Some("Failed".into());
-            status.reason = Some(why);
+        .collect();
+    if !stuck.is_empty() {
+        for (failed, why) in stuck {
+            set_release_status(
+                &release_api,
+                &failed,
+                serde_json::json!({"phase": "Failed", "reason": why}),
+            )
+            .await?;
+            if let Some(release) = releases
+                .iter_mut()
+                .find(|r| r.metadata.name.as_deref() == Some(failed.as_str()))
+            {
+                let status = release.status.get_or_insert_with(Default::default);
+                status.phase = Some("Failed".into());
+                status.reason = Some(why);
+            }
         }
-        wanted = crate::desired(
-            std::slice::from_ref(webspace),
-            &releases,
-            &runtimes,
-            &settings.hosts,
-        );
+        wanted = decide(&releases);
     }
 
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
@@ -411,11 +403,11 @@ async fn mark_live(
     for release in releases.iter().filter(|r| r.spec.branch == branch.branch) {
         let name = release.name_any();
         if name == branch.release {
-            if phase(release) != "Live" {
+            if release.phase() != "Live" {
                 set_release_status(api, &name, serde_json::json!({"phase": "Live", "url": url}))
                     .await?;
             }
-        } else if matches!(phase(release), "Live" | "Promoted") {
+        } else if matches!(release.phase(), "Live" | "Promoted") {
             set_release_status(api, &name, serde_json::json!({"phase": "Superseded"})).await?;
         }
     }
