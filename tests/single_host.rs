@@ -177,9 +177,11 @@ fn a_push_is_served_before_git_push_returns_and_branches_get_previews() {
     assert_eq!(host.containers().len(), 2);
 
     assert_ok(&host.push(&app, &[":feature-x"]));
-    wait_for("the preview to go", Duration::from_secs(20), || {
-        host.get(&format!("feature-x.{}", host.name)).0 == 404
-    });
+    assert_eq!(
+        host.get(&format!("feature-x.{}", host.name)).0,
+        404,
+        "the preview is gone when the push returns"
+    );
     wait_for(
         "the preview's container to go",
         Duration::from_secs(20),

@@ -575,10 +575,35 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
                     ));
                 }
             }
-            Update::Deletion { branch } => reporter.say(&format!(
-                "slipway: branch `{branch}` deleted; its releases are retired"
-            )),
+            Update::Deletion { branch } => {
+                if config.rollout || config.store == Backend::Kube {
+                    wait_unrouted(&store, &config.webspace, branch).await;
+                }
+                reporter.say(&format!(
+                    "slipway: branch `{branch}` deleted; its releases are retired"
+                ));
+            }
         }
     }
     ok
+}
+
+/// Waits (a few seconds at most) until the operator stopped serving a deleted branch: the
+/// Webspace's status no longer lists it, so when `git push origin :branch` returns, its preview
+/// is gone.
+async fn wait_unrouted(store: &AnyStore, webspace: &str, branch: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let listed = store
+            .get::<Webspace>(webspace)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|w| w.status)
+            .is_some_and(|s| s.branches.iter().any(|b| b.branch == branch));
+        if !listed {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
