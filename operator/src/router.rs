@@ -3,31 +3,39 @@
 //! # Guarantees
 //! - Route changes are atomic: a request sees the whole old table or the whole new one.
 //! - Bodies stream both ways (no whole-body buffering); connections to clients and to backends
-//!   are kept alive; method, path, query and end-to-end headers are kept; hop-by-hop headers
+//!   are kept alive; method, target, query and end-to-end headers are kept; hop-by-hop headers
 //!   are dropped and `X-Forwarded-For`, `-Proto` and `-Host` are set.
-//! - An unknown host gets 404 with a short page; a backend that does not answer gets 502.
+//! - An unknown host gets 404 with a short page; a backend that does not answer gets 502, one
+//!   that does not answer within [`RESPONSE_TIMEOUT`] 504.
+//! - Hostile requests are refused before they reach an app (see [`http1`]): 400, 431 or 501,
+//!   then the connection closes.
+//! - `Upgrade` (WebSocket) requests are passed through when the app switches protocols.
 //!
-//! Each client connection keeps its own connection to the backend it last used and reuses it
-//! for its next request to that backend: no shared pool to lock or hand connections through.
+//! # Design
+//! One task per client connection does everything for it: it reads a request head, picks the
+//! backend, writes the rewritten head (with the first body bytes) to the backend connection it
+//! keeps for the client, and relays the response head and body back, each in as few writes as
+//! the bytes allow. No message is rebuilt from a model, no task hands bytes to another, and
+//! there is no shared pool to lock: that keeps a proxied request close to the four system
+//! calls it needs. A request body is sent while the response is read, so `Expect:
+//! 100-continue` and early answers (413 before the upload ends) work.
+
+pub mod http1;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::task::Context;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1 as upstream;
-use hyper::header::{HOST, HeaderName, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use http1::{Body, Refusal};
 
 /// Host name (lowercase, without port) → backend address.
 pub type Routes = HashMap<String, SocketAddr>;
@@ -53,157 +61,25 @@ impl RouteTable {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// How long an idle client connection is kept open (nginx's `keepalive_timeout` default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a client may take to send a whole request head once it started.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting to a backend may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backend may take to start its response.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bytes read at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Body bytes written together with a head in one write, at most.
+const COALESCE: usize = 32 * 1024;
 
-type Body = BoxBody<Bytes, hyper::Error>;
-
-fn page(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// The `Host` of a request, lowercase and without port.
-fn host_of(request: &Request<Incoming>) -> Option<String> {
-    let raw = request
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())?;
-    let host = raw.rsplit_once(':').map_or(raw, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            raw
-        }
-    });
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
-}
-
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-}
-
-/// A client connection's connection to a backend, kept between its requests.
-type Affinity = Arc<std::sync::Mutex<Option<(SocketAddr, upstream::SendRequest<Incoming>)>>>;
-
-/// A ready connection to `backend`: the client connection's own when it still works, else a
-/// new one (driven by a task of its own).
-async fn connect(
-    affinity: &Affinity,
-    backend: SocketAddr,
-) -> std::io::Result<upstream::SendRequest<Incoming>> {
-    let kept = affinity.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some((address, mut sender)) = kept
-        && address == backend
-        && sender.ready().await.is_ok()
-    {
-        return Ok(sender);
-    }
-    let stream = tokio::net::TcpStream::connect(backend).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) = upstream::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "backend connection ended");
-        }
-    });
-    sender.ready().await.map_err(std::io::Error::other)?;
-    Ok(sender)
-}
-
-async fn proxy(
-    affinity: Affinity,
-    routes: Arc<Routes>,
-    peer: SocketAddr,
-    mut request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let Some(host) = host_of(&request) else {
-        return Ok(page(StatusCode::BAD_REQUEST, "400: no Host header\n"));
-    };
-    let Some(backend) = routes.get(&host).copied() else {
-        return Ok(page(
-            StatusCode::NOT_FOUND,
-            "404: no app is deployed on this host\n",
-        ));
-    };
-    // Origin form (`/path?query`): the backend gets the client's Host header.
-    let target = request.uri().path_and_query().cloned();
-    *request.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
-    let original_host = request.headers().get(HOST).cloned();
-    let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
-    }
-    let sent = match connect(&affinity, backend).await {
-        Ok(mut sender) => sender
-            .send_request(request)
-            .await
-            .map(|response| (sender, response))
-            .map_err(std::io::Error::other),
-        Err(error) => Err(error),
-    };
-    match sent {
-        Ok((sender, response)) => {
-            *affinity.lock().unwrap_or_else(|p| p.into_inner()) = Some((backend, sender));
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, body.boxed()))
-        }
-        Err(error) => {
-            tracing::info!(%host, %backend, %error, "backend did not answer");
-            Ok(page(
-                StatusCode::BAD_GATEWAY,
-                "502: the app is not answering\n",
-            ))
-        }
-    }
-}
+const NOT_FOUND: &str = "404: no app is deployed on this host\n";
+const BAD_GATEWAY: &str = "502: the app is not answering\n";
+const GATEWAY_TIMEOUT: &str = "504: the app did not answer in time\n";
 
 /// Serves HTTP on `listener`, routing by `table`, until `shutdown` is cancelled; then stops
-/// accepting and lets open connections finish their current request.
+/// accepting, closes idle connections and lets busy ones finish their current request.
 pub async fn run(listener: TcpListener, table: RouteTable, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     loop {
@@ -213,35 +89,651 @@ pub async fn run(listener: TcpListener, table: RouteTable, shutdown: Cancellatio
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "router accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let affinity = Affinity::default();
-        let table = table.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let service =
-                service_fn(move |request| proxy(affinity.clone(), table.snapshot(), peer, request));
-            let connection = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "router connection ended");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
+        connections.spawn(serve(stream, peer, table.clone(), shutdown.clone()));
     }
     connections.close();
     connections.wait().await;
+}
+
+/// A connection to a backend, kept by one client connection between its requests.
+struct Backend {
+    address: SocketAddr,
+    stream: TcpStream,
+    /// Bytes read from the backend and not yet relayed.
+    buffer: BytesMut,
+}
+
+/// What the client connection does after an exchange.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// One client connection, request after request.
+async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    table: RouteTable,
+    shutdown: CancellationToken,
+) {
+    let peer = peer.ip().to_string();
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut backend: Option<Backend> = None;
+    loop {
+        let request = match read_request(&mut client, &mut buffer, &peer, &shutdown).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(page) => {
+                refuse(&mut client, &page).await;
+                return;
+            }
+        };
+        buffer.advance(request.head_len);
+        let closing = shutdown.is_cancelled();
+        let address = table.snapshot().get(&request.host).copied();
+        let next = match address {
+            Some(address) => {
+                exchange(
+                    &mut client,
+                    &mut buffer,
+                    &mut backend,
+                    address,
+                    &request,
+                    &shutdown,
+                )
+                .await
+            }
+            None => answer(&mut client, &request, closing, 404, NOT_FOUND).await,
+        };
+        if matches!(next, Next::Close) {
+            return;
+        }
+    }
+}
+
+/// Reads the next request head into `buffer`. `Ok(None)`: the client closed, stayed idle too
+/// long, or the router is shutting down between requests. `Err`: the page to answer with
+/// before closing.
+async fn read_request(
+    client: &mut TcpStream,
+    buffer: &mut BytesMut,
+    peer: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<http1::Request>, Vec<u8>> {
+    loop {
+        if !buffer.is_empty() {
+            match http1::request(buffer, peer) {
+                Ok(request) => return Ok(Some(request)),
+                Err(Refusal::Incomplete) => {}
+                Err(Refusal::TooLarge) => {
+                    return Err(http1::page(431, "431: request head too large\n", true));
+                }
+                Err(Refusal::Bad(reason)) => {
+                    return Err(http1::page(400, &format!("400: {reason}\n"), true));
+                }
+                Err(Refusal::NotImplemented(reason)) => {
+                    return Err(http1::page(501, &format!("501: {reason}\n"), true));
+                }
+            }
+        }
+        let idle = buffer.is_empty();
+        buffer.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if idle => return Ok(None),
+            read = tokio::time::timeout(
+                if idle { IDLE_TIMEOUT } else { HEAD_TIMEOUT },
+                client.read_buf(buffer),
+            ) => read,
+        };
+        match read {
+            Ok(Ok(0) | Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Err(_) if idle => return Ok(None),
+            Err(_) => return Err(http1::page(408, "408: request head too slow\n", true)),
+        }
+    }
+}
+
+/// Answers `request` with a page of the router's own. An unread request body closes the
+/// connection afterwards.
+async fn answer(
+    client: &mut TcpStream,
+    request: &http1::Request,
+    closing: bool,
+    status: u16,
+    text: &str,
+) -> Next {
+    let close = closing || !request.keep_alive || request.body != Body::Empty;
+    let page = http1::page(status, text, close);
+    if close {
+        refuse(client, &page).await;
+        return Next::Close;
+    }
+    match client.write_all(&page).await {
+        Ok(()) => Next::KeepAlive,
+        Err(_) => Next::Close,
+    }
+}
+
+/// How long a closing connection still reads what the client sends ([`refuse`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// How much a closing connection reads at most.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Writes a last `page`, then closes the connection the way nginx's lingering close does:
+/// stop sending, then read and drop what the client still sends for a moment. Closing with
+/// unread bytes would make the kernel reset the connection, and a reset can destroy the page
+/// before the client reads it.
+async fn refuse(client: &mut TcpStream, page: &[u8]) {
+    if client.write_all(page).await.is_err() || client.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How a forwarded exchange failed.
+enum Failure {
+    /// Nothing came back from the backend (it may have closed a kept connection).
+    BeforeResponse(io::Error),
+    /// The backend took longer than [`RESPONSE_TIMEOUT`].
+    Timeout,
+    /// The backend sent what the client must not see.
+    BadResponse(&'static str),
+    /// The client sent an invalid body.
+    BadRequest(&'static str),
+    /// Part of the response went out, or the client went away: only closing is left.
+    Broken,
+}
+
+/// How an exchange ended.
+struct Outcome {
+    client_keep_alive: bool,
+    backend_keep_alive: bool,
+    upgraded: bool,
+}
+
+/// Forwards `request` to `address` and its response back.
+async fn exchange(
+    client: &mut TcpStream,
+    inbound: &mut BytesMut,
+    slot: &mut Option<Backend>,
+    address: SocketAddr,
+    request: &http1::Request,
+    shutdown: &CancellationToken,
+) -> Next {
+    let mut retried = false;
+    loop {
+        let kept = take_kept(slot, address, request.body != Body::Empty);
+        let reused = kept.is_some();
+        let mut backend = match kept {
+            Some(backend) => backend,
+            None => match connect(address).await {
+                Ok(backend) => backend,
+                Err(error) => {
+                    tracing::info!(host = %request.host, %address, %error, "backend did not answer");
+                    return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY)
+                        .await;
+                }
+            },
+        };
+        let outcome = match forward(client, inbound, &mut backend, request, shutdown).await {
+            Ok(outcome) => outcome,
+            // A kept connection the backend closed meanwhile: once more on a new one. Only
+            // without a body, which may have been partly consumed.
+            Err(Failure::BeforeResponse(_))
+                if reused && !retried && request.body == Body::Empty =>
+            {
+                retried = true;
+                continue;
+            }
+            Err(Failure::BeforeResponse(error)) => {
+                tracing::info!(host = %request.host, %address, %error, "backend did not answer");
+                return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY).await;
+            }
+            Err(Failure::BadResponse(reason)) => {
+                tracing::info!(host = %request.host, %address, reason, "backend sent an invalid response");
+                return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY).await;
+            }
+            Err(Failure::Timeout) => {
+                tracing::info!(host = %request.host, %address, "backend did not answer in time");
+                return answer(
+                    client,
+                    request,
+                    shutdown.is_cancelled(),
+                    504,
+                    GATEWAY_TIMEOUT,
+                )
+                .await;
+            }
+            Err(Failure::BadRequest(reason)) => {
+                refuse(client, &http1::page(400, &format!("400: {reason}\n"), true)).await;
+                return Next::Close;
+            }
+            Err(Failure::Broken) => return Next::Close,
+        };
+        if outcome.upgraded {
+            tunnel(client, inbound, backend, shutdown).await;
+            return Next::Close;
+        }
+        if outcome.backend_keep_alive {
+            *slot = Some(backend);
+        }
+        return if outcome.client_keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        };
+    }
+}
+
+/// The kept backend connection when it goes to `address` and still looks open. With `strict`
+/// (the request has a body, which cannot be sent twice) a connection the backend closed
+/// meanwhile is noticed now rather than after sending.
+fn take_kept(slot: &mut Option<Backend>, address: SocketAddr, strict: bool) -> Option<Backend> {
+    let backend = slot.take()?;
+    if backend.address != address {
+        return None;
+    }
+    if strict {
+        let waker = futures_util::task::noop_waker_ref();
+        let mut context = Context::from_waker(waker);
+        if backend.stream.poll_read_ready(&mut context).is_ready() {
+            let mut probe = [0u8; 1];
+            match backend.stream.try_read(&mut probe) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed, failed, or sent bytes nobody asked for.
+                _ => return None,
+            }
+        }
+    }
+    Some(backend)
+}
+
+async fn connect(address: SocketAddr) -> io::Result<Backend> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(Backend {
+        address,
+        stream,
+        buffer: BytesMut::with_capacity(READ_CHUNK),
+    })
+}
+
+/// Sends the request (head, then body as it comes) while relaying the response.
+async fn forward(
+    client: &mut TcpStream,
+    inbound: &mut BytesMut,
+    backend: &mut Backend,
+    request: &http1::Request,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Failure> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut backend_read, mut backend_write) = backend.stream.split();
+    let download = relay_response(
+        &mut backend_read,
+        &mut backend.buffer,
+        &mut client_write,
+        request,
+        shutdown,
+    );
+    if request.body == Body::Empty {
+        backend_write
+            .write_all(&request.forward)
+            .await
+            .map_err(Failure::BeforeResponse)?;
+        return download.await;
+    }
+    let upload = copy_body(
+        &mut client_read,
+        inbound,
+        &mut backend_write,
+        request.body,
+        false,
+        request.forward.clone(),
+    );
+    tokio::pin!(upload, download);
+    let mut uploaded = false;
+    let outcome = loop {
+        tokio::select! {
+            sent = &mut upload, if !uploaded => match sent {
+                Ok(()) => uploaded = true,
+                Err(CopyError::Framing(reason)) => return Err(Failure::BadRequest(reason)),
+                Err(CopyError::Eof | CopyError::Read) => return Err(Failure::Broken),
+                // The backend stopped reading: its answer (413, say) may still come.
+                Err(CopyError::Write) => break download.await?.unfinished(),
+            },
+            relayed = &mut download => {
+                let outcome = relayed?;
+                break if uploaded { outcome } else { outcome.unfinished() };
+            }
+        }
+    };
+    Ok(outcome)
+}
+
+impl Outcome {
+    /// The request body was not all sent: neither connection can carry another exchange.
+    fn unfinished(self) -> Self {
+        Self {
+            client_keep_alive: false,
+            backend_keep_alive: false,
+            upgraded: self.upgraded,
+        }
+    }
+}
+
+/// Reads the response head (relaying `1xx` interim responses), then relays head and body.
+async fn relay_response<R, W>(
+    read: &mut R,
+    buffer: &mut BytesMut,
+    write: &mut W,
+    request: &http1::Request,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut interim = false;
+    loop {
+        let response = loop {
+            if !buffer.is_empty() {
+                match http1::response(buffer, request, shutdown.is_cancelled()) {
+                    Ok(response) => break response,
+                    Err(Refusal::Incomplete) => {}
+                    Err(Refusal::TooLarge) => {
+                        return Err(Failure::BadResponse("response head too large"));
+                    }
+                    Err(Refusal::Bad(reason) | Refusal::NotImplemented(reason)) => {
+                        return Err(Failure::BadResponse(reason));
+                    }
+                }
+            }
+            buffer.reserve(READ_CHUNK);
+            match tokio::time::timeout(RESPONSE_TIMEOUT, read.read_buf(buffer)).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Ok(0)) if buffer.is_empty() && !interim => {
+                    return Err(Failure::BeforeResponse(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(Ok(0)) => return Err(Failure::BadResponse("closed in the response head")),
+                Ok(Err(error)) if buffer.is_empty() && !interim => {
+                    return Err(Failure::BeforeResponse(error));
+                }
+                Ok(Err(_)) => return Err(Failure::BadResponse("failed in the response head")),
+                Ok(Ok(_)) => {}
+            }
+        };
+        buffer.advance(response.head_len);
+        if response.status == 101 {
+            // The protocol switches: what follows the head belongs to the tunnel.
+            let mut out = response.forward;
+            out.extend_from_slice(buffer);
+            buffer.clear();
+            write.write_all(&out).await.map_err(|_| Failure::Broken)?;
+            return Ok(Outcome {
+                client_keep_alive: false,
+                backend_keep_alive: false,
+                upgraded: true,
+            });
+        }
+        if response.status < 200 {
+            interim = true;
+            if !request.http10 {
+                write
+                    .write_all(&response.forward)
+                    .await
+                    .map_err(|_| Failure::Broken)?;
+            }
+            continue;
+        }
+        copy_body(
+            read,
+            buffer,
+            write,
+            response.body,
+            response.dechunk,
+            response.forward,
+        )
+        .await
+        .map_err(|_| Failure::Broken)?;
+        return Ok(Outcome {
+            client_keep_alive: response.client_keep_alive,
+            // Bytes after the body were not asked for: that connection is not reused.
+            backend_keep_alive: response.backend_keep_alive && buffer.is_empty(),
+            upgraded: false,
+        });
+    }
+}
+
+/// Why a body could not be copied.
+enum CopyError {
+    /// The sender closed before the body ended.
+    Eof,
+    /// Reading from the sender failed.
+    Read,
+    /// Writing to the receiver failed.
+    Write,
+    /// The body is not valid chunked coding.
+    Framing(&'static str),
+}
+
+/// Writes `out` (a head) and then the body framed by `body`, taken first from `buffer` and
+/// then from `read`. Small pieces go out with the head in one write. With `dechunk`, only
+/// the chunk data is written (to an HTTP/1.0 client, which reads until the connection
+/// closes).
+async fn copy_body<R, W>(
+    read: &mut R,
+    buffer: &mut BytesMut,
+    write: &mut W,
+    body: Body,
+    dechunk: bool,
+    mut out: Vec<u8>,
+) -> Result<(), CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut left = match body {
+        Body::Length(n) => n,
+        _ => 0,
+    };
+    let mut decoder = http1::Chunked::default();
+    loop {
+        let done = match body {
+            Body::Empty => true,
+            Body::Length(_) => {
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(buffer.len());
+                if take > 0 {
+                    if out.len() + take <= COALESCE {
+                        out.extend_from_slice(&buffer[..take]);
+                    } else {
+                        flush(write, &mut out).await?;
+                        write
+                            .write_all(&buffer[..take])
+                            .await
+                            .map_err(|_| CopyError::Write)?;
+                    }
+                    buffer.advance(take);
+                    left -= take as u64;
+                }
+                left == 0
+            }
+            Body::Chunked => {
+                if !buffer.is_empty() {
+                    let used = if dechunk {
+                        decoder.advance(buffer, Some(&mut out))
+                    } else {
+                        decoder.advance(buffer, None)
+                    }
+                    .map_err(CopyError::Framing)?;
+                    if !dechunk {
+                        if out.len() + used <= COALESCE {
+                            out.extend_from_slice(&buffer[..used]);
+                        } else {
+                            flush(write, &mut out).await?;
+                            write
+                                .write_all(&buffer[..used])
+                                .await
+                                .map_err(|_| CopyError::Write)?;
+                        }
+                    }
+                    buffer.advance(used);
+                }
+                decoder.done()
+            }
+            Body::UntilClose => {
+                if out.len() + buffer.len() <= COALESCE {
+                    out.extend_from_slice(buffer);
+                } else {
+                    flush(write, &mut out).await?;
+                    write
+                        .write_all(buffer)
+                        .await
+                        .map_err(|_| CopyError::Write)?;
+                }
+                buffer.clear();
+                false
+            }
+        };
+        flush(write, &mut out).await?;
+        if done {
+            return Ok(());
+        }
+        buffer.reserve(READ_CHUNK);
+        match read.read_buf(buffer).await {
+            Ok(0) if body == Body::UntilClose => return Ok(()),
+            Ok(0) => return Err(CopyError::Eof),
+            Ok(_) => {}
+            Err(_) => return Err(CopyError::Read),
+        }
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(write: &mut W, out: &mut Vec<u8>) -> Result<(), CopyError> {
+    if !out.is_empty() {
+        write.write_all(out).await.map_err(|_| CopyError::Write)?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// After `101 Switching Protocols`: bytes both ways until either side closes or the router
+/// shuts down.
+async fn tunnel(
+    client: &mut TcpStream,
+    inbound: &mut BytesMut,
+    mut backend: Backend,
+    shutdown: &CancellationToken,
+) {
+    if !inbound.is_empty() {
+        if backend.stream.write_all(inbound).await.is_err() {
+            return;
+        }
+        inbound.clear();
+    }
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(client, &mut backend.stream) => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "upgraded connection ended");
+            }
+        }
+        () = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Poll;
+
+    use super::*;
+
+    /// A reader that hands out its bytes in pieces of `step`.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.1.min(self.0.len()).min(buf.remaining());
+            let piece: Vec<u8> = self.0.drain(..n).collect();
+            buf.put_slice(&piece);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn copy(
+        input: &[u8],
+        body: Body,
+        dechunk: bool,
+    ) -> (Result<(), CopyError>, Vec<u8>, Vec<u8>) {
+        let mut read = Trickle(input[3.min(input.len())..].to_vec(), 7);
+        let mut buffer = BytesMut::from(&input[..3.min(input.len())]);
+        let mut written = Vec::new();
+        let result = copy_body(
+            &mut read,
+            &mut buffer,
+            &mut written,
+            body,
+            dechunk,
+            b"HEAD|".to_vec(),
+        )
+        .await;
+        let rest = buffer.to_vec();
+        let mut tail = Vec::new();
+        read.read_to_end(&mut tail).await.expect("rest");
+        (result, written, [rest, tail].concat())
+    }
+
+    #[tokio::test]
+    async fn bodies_are_copied_to_their_end_and_no_further() {
+        let (result, written, rest) = copy(b"hello worldNEXT", Body::Length(11), false).await;
+        assert!(result.is_ok());
+        assert_eq!(written, b"HEAD|hello world");
+        assert_eq!(rest, b"NEXT");
+
+        let chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT";
+        let (result, written, rest) = copy(chunked, Body::Chunked, false).await;
+        assert!(result.is_ok());
+        assert_eq!(
+            written,
+            [&b"HEAD|"[..], &chunked[..chunked.len() - 4]].concat()
+        );
+        assert_eq!(rest, b"NEXT");
+
+        let (result, written, _) = copy(chunked, Body::Chunked, true).await;
+        assert!(result.is_ok());
+        assert_eq!(written, b"HEAD|hello world");
+
+        let (result, written, _) = copy(b"all of it", Body::UntilClose, false).await;
+        assert!(result.is_ok());
+        assert_eq!(written, b"HEAD|all of it");
+
+        let (result, _, _) = copy(b"short", Body::Length(11), false).await;
+        assert!(matches!(result, Err(CopyError::Eof)));
+        let (result, _, _) = copy(b"5\r\nhelloXX", Body::Chunked, false).await;
+        assert!(matches!(result, Err(CopyError::Framing(_))));
+    }
 }

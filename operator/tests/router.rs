@@ -195,3 +195,429 @@ async fn replacing_the_table_switches_traffic_at_once() {
     assert!(after[0].1.starts_with("new "), "{:?}", after);
     shutdown.cancel();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw backends and clients: the bytes on both sides of the router.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Reads up to and including the end of a head (`\r\n\r\n`); returns it and any bytes after.
+async fn read_head(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = pending.drain(..end + 4).collect();
+            return String::from_utf8_lossy(&head).into_owned();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("head in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before the end of a head: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until `needle` has arrived; returns everything read.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+    needle: &[u8],
+) -> Vec<u8> {
+    loop {
+        if let Some(at) = pending.windows(needle.len()).position(|w| w == needle) {
+            return pending.drain(..at + needle.len()).collect();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {:?}: {:?}",
+            String::from_utf8_lossy(needle),
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until the peer closes.
+async fn read_to_close(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Vec<u8> {
+    let mut all = std::mem::take(pending);
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut all))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    all
+}
+
+/// A backend that runs `answer` for every accepted connection; counts the connections.
+async fn raw_backend<F, Fut>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer(stream));
+        }
+    });
+    (address, accepted)
+}
+
+async fn connect(address: SocketAddr) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_streams_through_before_it_is_complete() {
+    let go_on = Arc::new(Notify::new());
+    let release = go_on.clone();
+    let (app, _) = raw_backend(move |mut stream| {
+        let release = release.clone();
+        async move {
+            let mut pending = Vec::new();
+            read_head(&mut stream, &mut pending).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await
+                .expect("first chunk");
+            release.notified().await;
+            stream
+                .write_all(b"4\r\nlast\r\n0\r\n\r\n")
+                .await
+                .expect("last chunk");
+        }
+    })
+    .await;
+    let (address, _table, shutdown) =
+        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+    let mut client = connect(address).await;
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut pending = Vec::new();
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    // The first chunk arrives while the backend still holds the rest back.
+    read_until(&mut client, &mut pending, b"first\r\n").await;
+    go_on.notify_one();
+    read_until(&mut client, &mut pending, b"4\r\nlast\r\n0\r\n\r\n").await;
+    // The connection is still usable for the next request.
+    client
+        .write_all(b"GET /again HTTP/1.1\r\nHost: nobody.localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_connection_reuses_one_backend_connection_and_survives_its_close() {
+    // Answers two requests per connection, then closes it without saying so: the router
+    // must notice and retry on a new connection, never answering 502.
+    let (app, accepted) = raw_backend(|mut stream| async move {
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            read_head(&mut stream, &mut pending).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .expect("answer");
+        }
+    })
+    .await;
+    let (address, _table, shutdown) =
+        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+    let mut client = connect(address).await;
+    let mut pending = Vec::new();
+    for i in 0..6 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+            .await
+            .expect("request");
+        let head = read_head(&mut client, &mut pending).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
+        assert_eq!(read_until(&mut client, &mut pending, b"ok").await, b"ok");
+        // Give the backend's close time to arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "two requests per backend connection"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_continue_and_chunked_uploads_reach_the_app() {
+    let a = backend("a").await;
+    let (address, _table, shutdown) = router(Routes::from([("app.localhost".to_owned(), a)])).await;
+    let mut client = connect(address).await;
+    client
+        .write_all(b"PUT /up HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .expect("head");
+    let mut pending = Vec::new();
+    let interim = read_head(&mut client, &mut pending).await;
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+    client.write_all(b"hello").await.expect("body");
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let body = read_until(&mut client, &mut pending, b"\n").await;
+    assert!(
+        String::from_utf8_lossy(&body).ends_with("len=5\n"),
+        "{body:?}"
+    );
+
+    client
+        .write_all(b"POST /c HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\n")
+        .await
+        .expect("chunked");
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let body = read_until(&mut client, &mut pending, b"\n").await;
+    assert!(
+        String::from_utf8_lossy(&body).ends_with("len=7\n"),
+        "{body:?}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_becomes_a_tunnel() {
+    let (app, _) = raw_backend(|mut stream| async move {
+        let mut pending = Vec::new();
+        let head = read_head(&mut stream, &mut pending).await;
+        assert!(
+            head.contains("Upgrade: echo\r\n") && head.contains("Connection: upgrade\r\n"),
+            "{head}"
+        );
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .await
+            .expect("101");
+        let mut buf = [0u8; 64];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (address, _table, shutdown) =
+        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+    let mut client = connect(address).await;
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: app.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("upgrade");
+    let mut pending = Vec::new();
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(
+        head.starts_with("HTTP/1.1 101 ") && head.contains("Upgrade: echo"),
+        "{head}"
+    );
+    for word in [&b"ping"[..], b"pong", b"not http at all\r\n\r\n"] {
+        client.write_all(word).await.expect("write");
+        assert_eq!(read_until(&mut client, &mut pending, word).await, word);
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_are_refused_before_they_reach_the_app() {
+    let (app, accepted) = raw_backend(|mut stream| async move {
+        let mut pending = Vec::new();
+        read_head(&mut stream, &mut pending).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let (address, _table, shutdown) =
+        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    for (request, status) in [
+        (
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nHost: other\r\n\r\n",
+            400,
+        ),
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        (
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nBad\x01Header: x\r\n\r\n",
+            400,
+        ),
+        ("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03", 400),
+        (
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (huge.as_str(), 431),
+    ] {
+        let mut client = connect(address).await;
+        client.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_to_close(&mut client, &mut Vec::new()).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} "))
+                && answer.contains("Connection: close"),
+            "{:?} → {answer}",
+            &request[..request.len().min(60)]
+        );
+    }
+    // A malformed chunked upload: the app may have seen the head, the client gets 400.
+    let mut client = connect(address).await;
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        )
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut client, &mut Vec::new()).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        accepted.load(Ordering::SeqCst) <= 1,
+        "only the last request reached the app"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_clients_and_head_requests_get_well_framed_answers() {
+    let (app, _) = raw_backend(|mut stream| async move {
+        let mut pending = Vec::new();
+        loop {
+            let head = read_head(&mut stream, &mut pending).await;
+            let answer: &[u8] = if head.starts_with("HEAD ") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            };
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (address, _table, shutdown) =
+        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+    // HTTP/1.0 cannot read chunked coding: the body comes decoded, ended by the close.
+    let mut client = connect(address).await;
+    client
+        .write_all(b"GET / HTTP/1.0\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut client, &mut Vec::new()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.ends_with("\r\n\r\nhello world"), "{answer}");
+    assert!(
+        !answer.contains("chunked") && answer.contains("Connection: close"),
+        "{answer}"
+    );
+    // HEAD: the length describes the resource, no body follows, the connection goes on.
+    let mut client = connect(address).await;
+    let mut pending = Vec::new();
+    client
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: app.localhost\r\n\r\nGET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("pipelined");
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(head.contains("Content-Length: 1000"), "{head}");
+    let head = read_head(&mut client, &mut pending).await;
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    read_until(&mut client, &mut pending, b"0\r\n\r\n").await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
+    let go_on = Arc::new(Notify::new());
+    let release = go_on.clone();
+    let (app, _) = raw_backend(move |mut stream| {
+        let release = release.clone();
+        async move {
+            let mut pending = Vec::new();
+            read_head(&mut stream, &mut pending).await;
+            release.notified().await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+                .await;
+        }
+    })
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let table = RouteTable::default();
+    table.replace(Routes::from([("app.localhost".to_owned(), app)]));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(router::run(listener, table, shutdown.clone()));
+    let mut idle = connect(address).await;
+    let mut busy = connect(address).await;
+    busy.write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    assert!(
+        read_to_close(&mut idle, &mut Vec::new()).await.is_empty(),
+        "the idle connection closes"
+    );
+    assert!(
+        !server.is_finished(),
+        "the busy request holds the router open"
+    );
+    go_on.notify_one();
+    let answer = read_to_close(&mut busy, &mut Vec::new()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ")
+            && answer.contains("Connection: close")
+            && answer.ends_with("done"),
+        "{answer}"
+    );
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("router stops")
+        .expect("join");
+}
