@@ -25,6 +25,7 @@ pub mod http1;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::Context;
 use std::time::Duration;
@@ -44,12 +45,16 @@ pub type Routes = HashMap<String, SocketAddr>;
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     current: Arc<RwLock<Arc<Routes>>>,
+    /// Bumped after every replacement: connections keep their snapshot until it changes, so a
+    /// request costs one shared atomic read, not a lock.
+    version: Arc<AtomicU64>,
 }
 
 impl RouteTable {
     /// Replaces every route at once.
     pub fn replace(&self, routes: Routes) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// The table as it is now; later changes do not affect it.
@@ -58,6 +63,35 @@ impl RouteTable {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// A connection's copy of the route table, refreshed when the table changes.
+struct CachedRoutes {
+    table: RouteTable,
+    version: u64,
+    routes: Arc<Routes>,
+}
+
+impl CachedRoutes {
+    fn new(table: RouteTable) -> Self {
+        let version = table.version.load(Ordering::Acquire);
+        let routes = table.snapshot();
+        Self {
+            table,
+            version,
+            routes,
+        }
+    }
+
+    /// The routes as they are now: a request after `replace` returned sees the new table.
+    fn current(&mut self) -> &Routes {
+        let version = self.table.version.load(Ordering::Acquire);
+        if version != self.version {
+            self.version = version;
+            self.routes = self.table.snapshot();
+        }
+        &self.routes
     }
 }
 
@@ -80,7 +114,59 @@ const GATEWAY_TIMEOUT: &str = "504: the app did not answer in time\n";
 
 /// Serves HTTP on `listener`, routing by `table`, until `shutdown` is cancelled; then stops
 /// accepting, closes idle connections and lets busy ones finish their current request.
+///
+/// One thread per CPU, each with a single-threaded runtime, accepts from the same socket and
+/// serves the connections it accepted (like nginx's workers): a connection never moves
+/// between threads, and a busy thread leaves new connections to an idle one.
 pub async fn run(listener: TcpListener, table: RouteTable, shutdown: CancellationToken) {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "router cannot take over its listener");
+            return;
+        }
+    };
+    let mut finished = Vec::new();
+    for index in 0..threads {
+        let listener = match listener.try_clone() {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "router runs fewer threads than CPUs");
+                break;
+            }
+        };
+        let (done, finished_one) = tokio::sync::oneshot::channel::<()>();
+        let (table, shutdown) = (table.clone(), shutdown.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("slipway-router-{index}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => accept(listener, table, shutdown).await,
+                            Err(error) => tracing::error!(%error, "router thread cannot listen"),
+                        }
+                    }),
+                    Err(error) => tracing::error!(%error, "router thread has no runtime"),
+                }
+                drop(done);
+            });
+        match spawned {
+            Ok(_) => finished.push(finished_one),
+            Err(error) => tracing::warn!(%error, "cannot start a router thread"),
+        }
+    }
+    for finished_one in finished {
+        let _ = finished_one.await;
+    }
+}
+
+/// One router thread: accepts connections and serves each in a task of its own.
+async fn accept(listener: TcpListener, table: RouteTable, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -123,6 +209,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let peer = peer.ip().to_string();
+    let mut routes = CachedRoutes::new(table);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut backend: Option<Backend> = None;
     loop {
@@ -136,7 +223,7 @@ async fn serve(
         };
         buffer.advance(request.head_len);
         let closing = shutdown.is_cancelled();
-        let address = table.snapshot().get(&request.host).copied();
+        let address = routes.current().get(&request.host).copied();
         let next = match address {
             Some(address) => {
                 exchange(
