@@ -322,13 +322,24 @@ timeout -k 5 "$BENCH_TIMEOUT" git -C "$SRC" push "ssh://git@127.0.0.1:$SSH_PORT/
 wait $! || { cat "$T/log/push.log" >&2; die "the push failed (or took over ${BENCH_TIMEOUT}s)"; }
 grep -q "slipway: deployed " "$T/log/push.log" || { cat "$T/log/push.log" >&2; die "the push did not deploy the app"; }
 
-# The backend: the container Slipway started, on its published 127.0.0.1 port.
+# The backend: the container Slipway started. Slipway's router reaches it at its bridge network
+# address when this host is on the bridge (a rootful engine), else at its published 127.0.0.1
+# port (operator/src/docker.rs `reach`); nginx and the direct runs use the same address, so all
+# three take the same path (with or without Docker's userland docker-proxy).
 ids=$(app_containers)
 (($(wc -w <<<"$ids") == 1)) || die "expected one container of $WEBSPACE, found: $(echo $ids)"
-ports=$(docker ps --filter "id=$ids" --format '{{.Ports}}')
-[[ $ports =~ 127\.0\.0\.1:([0-9]+)- ]] || die "no published 127.0.0.1 port on container $ids ($ports)"
-BACKEND_PORT=${BASH_REMATCH[1]}
-say "backend: container $ids on 127.0.0.1:$BACKEND_PORT"
+ports=$(docker port "$ids")
+[[ $ports =~ ^([0-9]+)/tcp\ -\>\ 127\.0\.0\.1:([0-9]+) ]] || die "no published 127.0.0.1 port on container $ids ($ports)"
+PRIVATE_PORT=${BASH_REMATCH[1]}
+BACKEND=127.0.0.1:${BASH_REMATCH[2]}
+BACKEND_PATH="its published port $BACKEND, through Docker's userland docker-proxy"
+read -r bridge_ip bridge_gateway < <(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.Gateway}}{{end}}' "$ids")
+if [[ -n ${bridge_gateway:-} && -n ${bridge_ip:-} ]] \
+    && curl -fsS --max-time 2 -o /dev/null "http://$bridge_ip:$PRIVATE_PORT/" 2>/dev/null; then
+    BACKEND=$bridge_ip:$PRIVATE_PORT
+    BACKEND_PATH="its bridge network address $BACKEND (no docker-proxy), as Slipway's router does"
+fi
+say "backend: container $ids at $BACKEND"
 
 # ---------------------------------------------------------------------------------------------
 # nginx as the reference proxy, configured as a reverse proxy by Host usually is: HTTP/1.1 to a
@@ -366,7 +377,7 @@ http {
     scgi_temp_path $NGX/scgi;
     keepalive_requests 1000000;
     upstream bench_backend {
-        server 127.0.0.1:$BACKEND_PORT;
+        server $BACKEND;
         keepalive 64;
         keepalive_requests 1000000;
     }
@@ -414,7 +425,7 @@ say "nginx (pid $NGINX_PID, worker_processes $NGINX_WORKERS) on 127.0.0.1:$NGINX
 
 TARGETS=(direct nginx slipway)
 declare -A URL=(
-    [direct]="http://127.0.0.1:$BACKEND_PORT/"
+    [direct]="http://$BACKEND/"
     [nginx]="http://127.0.0.1:$NGINX_PORT/"
     [slipway]="http://127.0.0.1:$ROUTER_PORT/"
 )
@@ -527,7 +538,7 @@ GOAL_RPS=$(goal "$R_RPS" '>=' 1.2)
 GOAL_P99=$(goal "$R_P99" '<=' 1.0)
 
 declare -A LABEL=(
-    [direct]="backend directly (127.0.0.1:$BACKEND_PORT)"
+    [direct]="backend directly ($BACKEND)"
     [nginx]="nginx proxy by Host"
     [slipway]="slipway router by Host"
 )
@@ -556,7 +567,7 @@ ENGINE=$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?')
 notes=(
     "$SLIPWAY_VERSION ($SLIPWAY_BIN); proxy $PROXY_VERSION with worker_processes $NGINX_WORKERS; $WRK_VERSION; Docker engine $ENGINE; $(nproc) CPUs shared by wrk, the proxy, docker-proxy and the backend; load average $LOAD_START at the start, $LOAD_END at the end"
     "wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d${BENCH_DURATION}s --latency -H 'Host: $HOST', GET / ($BODY_BYTES-byte page); $BENCH_RUNS rounds, targets in rotating order, medians; ${BENCH_WARMUP}s unmeasured warm-up per target"
-    "backend: $BACKEND_DESC, deployed by \`git push\` to \`slipway up\` (the container's limits: 1 CPU, 512 MiB); all three targets reach it through its published port 127.0.0.1:$BACKEND_PORT, i.e. through Docker's userland docker-proxy"
+    "backend: $BACKEND_DESC, deployed by \`git push\` to \`slipway up\` (the container's limits: 1 CPU, 512 MiB); all three targets reach it at $BACKEND_PATH"
     "nginx: upstream keepalive 64, HTTP/1.1, Host and X-Forwarded-For/-Proto/-Host set, no access log, keepalive_requests 1000000 both ways$( ((NGINX_REUSEPORT)) && echo ', listen with reuseport' || true); slipway: \`slipway up\` router (hyper), which sets the same headers"
     "req/s samples: direct $(samples_of "${RPS[direct]:-}"); nginx $(samples_of "${RPS[nginx]:-}"); slipway $(samples_of "${RPS[slipway]:-}")"
     "p99 samples (ms): direct $(samples_of "${P99[direct]:-}"); nginx $(samples_of "${P99[nginx]:-}"); slipway $(samples_of "${P99[slipway]:-}")"

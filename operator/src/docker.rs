@@ -1,14 +1,20 @@
 //! The single-host driver: one container per (webspace, branch, release), found again by its
 //! labels after a restart, published on 127.0.0.1 only, with an init process as PID 1 (without
 //! one most app servers ignore SIGTERM and every stop waits the full 10 s grace).
+//!
+//! The router and the health checks reach a container at its address on the engine's bridge
+//! network when this host is on that network, as it is with a rootful engine: that skips the
+//! engine's userland proxy (`docker-proxy`, a process that copies every byte of a published
+//! port). Otherwise (a rootless engine, say) they use the published port.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
@@ -63,7 +69,7 @@ pub struct AppContainer {
     pub branch: String,
     /// Release label.
     pub release: String,
-    /// Where its port is published, when it runs.
+    /// Where the router reaches it, when it runs: see [`reach`].
     pub address: Option<SocketAddr>,
     /// Whether it is running.
     pub running: bool,
@@ -97,10 +103,11 @@ pub async fn list(
         .into_iter()
         .filter_map(|c| {
             let labels = c.labels.unwrap_or_default();
-            let address = c.ports.unwrap_or_default().into_iter().find_map(|p| {
-                let port = p.public_port?;
-                Some(SocketAddr::from(([127, 0, 0, 1], port)))
-            });
+            let ports = c.ports.unwrap_or_default();
+            let published = ports.iter().find_map(|p| p.public_port);
+            let private = ports.iter().map(|p| p.private_port).next();
+            let networks = c.network_settings.and_then(|n| n.networks);
+            let address = reach(networks.as_ref(), private, published);
             Some(AppContainer {
                 id: c.id?,
                 webspace: labels.get(LABEL_WEBSPACE)?.clone(),
@@ -191,17 +198,19 @@ pub async fn ensure(
         .await?;
     docker.start_container(&name, None).await?;
     let inspect = docker.inspect_container(&name, None).await?;
-    let address = inspect
-        .network_settings
-        .and_then(|n| n.ports)
-        .and_then(|ports| {
-            ports
-                .into_values()
-                .flatten()
-                .flatten()
-                .find_map(|b| b.host_port?.parse::<u16>().ok())
-        })
-        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    let settings = inspect.network_settings.unwrap_or_default();
+    let published = settings.ports.and_then(|ports| {
+        ports
+            .into_values()
+            .flatten()
+            .flatten()
+            .find_map(|b| b.host_port?.parse::<u16>().ok())
+    });
+    let address = reach(
+        settings.networks.as_ref(),
+        Some(deployment.port),
+        published,
+    );
     Ok(AppContainer {
         id: inspect.id.unwrap_or(name),
         webspace: deployment.webspace.clone(),
@@ -210,6 +219,27 @@ pub async fn ensure(
         address,
         running: true,
     })
+}
+
+/// Where the router reaches a container: `private` port at its bridge network address when
+/// this host has that network's gateway address (so the bridge is routed here), else the
+/// `published` port on 127.0.0.1.
+fn reach(
+    networks: Option<&HashMap<String, EndpointSettings>>,
+    private: Option<u16>,
+    published: Option<u16>,
+) -> Option<SocketAddr> {
+    let bridge = networks
+        .into_iter()
+        .flat_map(HashMap::values)
+        .find_map(|endpoint| {
+            let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
+            let gateway: IpAddr = endpoint.gateway.as_deref()?.parse().ok()?;
+            // Binding succeeds only to an address of this host's network namespace.
+            std::net::UdpSocket::bind(SocketAddr::new(gateway, 0)).ok()?;
+            Some(SocketAddr::new(ip, private?))
+        });
+    bridge.or_else(|| published.map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 /// One HTTP probe: the status code of `GET path`, if the app answered at all.
@@ -327,5 +357,42 @@ pub async fn remove(docker: &Docker, id: &str) {
         .await
     {
         tracing::warn!(%id, %error, "cannot remove container");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn networks(ip: &str, gateway: &str) -> HashMap<String, EndpointSettings> {
+        HashMap::from([(
+            "bridge".to_owned(),
+            EndpointSettings {
+                ip_address: Some(ip.to_owned()),
+                gateway: Some(gateway.to_owned()),
+                ..Default::default()
+            },
+        )])
+    }
+
+    #[test]
+    fn containers_are_reached_on_the_bridge_when_this_host_is_on_it() {
+        // 127.0.0.2 is an address of every Linux host (all of 127/8 is local).
+        let local = networks("172.17.0.5", "127.0.0.2");
+        assert_eq!(
+            reach(Some(&local), Some(8080), Some(32768)),
+            Some("172.17.0.5:8080".parse().expect("address"))
+        );
+        // A gateway this host does not have (a rootless engine's): the published port.
+        let elsewhere = networks("10.0.2.100", "192.0.2.1");
+        assert_eq!(
+            reach(Some(&elsewhere), Some(8080), Some(32768)),
+            Some("127.0.0.1:32768".parse().expect("address"))
+        );
+        assert_eq!(
+            reach(None, Some(8080), Some(32768)),
+            Some("127.0.0.1:32768".parse().expect("address"))
+        );
+        assert_eq!(reach(Some(&networks("", "")), Some(8080), None), None);
     }
 }

@@ -137,7 +137,9 @@ pub async fn run(listener: TcpListener, table: RouteTable, shutdown: Cancellatio
             }
         };
         let (done, finished_one) = tokio::sync::oneshot::channel::<()>();
-        let (table, shutdown) = (table.clone(), shutdown.clone());
+        // A token of the thread's own: its connections wait on it between requests, and
+        // waiting on one token from every thread would share one lock between the CPUs.
+        let (table, shutdown) = (table.clone(), shutdown.child_token());
         let spawned = std::thread::Builder::new()
             .name(format!("slipway-router-{index}"))
             .spawn(move || {
