@@ -206,11 +206,7 @@ pub async fn ensure(
             .flatten()
             .find_map(|b| b.host_port?.parse::<u16>().ok())
     });
-    let address = reach(
-        settings.networks.as_ref(),
-        Some(deployment.port),
-        published,
-    );
+    let address = reach(settings.networks.as_ref(), Some(deployment.port), published);
     Ok(AppContainer {
         id: inspect.id.unwrap_or(name),
         webspace: deployment.webspace.clone(),
