@@ -206,44 +206,91 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
                 }
             }
         }
-        let reference = if config.registry.is_some() {
-            let digest = build::push(&docker, &repository, &plan.tag, credentials.clone())
+        staged.push((plan.branch, plan.commit, plan.tree, plan.tag, image));
+    }
+    for (branch, commit, tree, tag, image) in staged {
+        // The image goes to the registry while the release starts from the local copy (on a
+        // single host): the Release names the local tag until the push returns its digest.
+        let push = async {
+            if config.registry.is_none() {
+                return Ok(None);
+            }
+            let digest = build::push(&docker, &repository, &tag, credentials.clone())
                 .await
                 .map_err(|e| {
                     reporter.failure("the image registry is unavailable; try again later", &e)
                 })?;
             reporter.say(&format!("slipway: pushed `{image}` ({digest})"));
-            format!("{image}@{digest}")
-        } else {
-            image.clone()
+            Ok::<_, ()>(Some(format!("{image}@{digest}")))
         };
-        staged.push((plan.branch, plan.commit, plan.tree, reference));
-    }
-    for (branch, commit, tree, image) in staged {
-        let release = release::staged(
-            &config.webspace,
-            &branch,
-            &commit,
-            &tree,
-            &image,
-            &config.pusher,
+        if !config.rollout {
+            let reference = push.await?.unwrap_or_else(|| image.clone());
+            stage(
+                &store, &branch, &commit, &tree, &reference, config, reporter,
+            )
+            .await?;
+            continue;
+        }
+        let mut release = stage(&store, &branch, &commit, &tree, &image, config, reporter).await?;
+        let (pushed, started) = tokio::join!(
+            push,
+            start_unrouted(config, &store, &docker, &webspace, &release, reporter)
         );
-        let name = release.metadata.name.clone().unwrap_or_default();
-        store
-            .put(&release)
-            .await
-            .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
-        reporter.say(&format!("slipway: staged release `{name}` for `{branch}`"));
-        if config.rollout {
-            start_unrouted(config, &store, &docker, &webspace, &release, reporter).await?;
+        let container = started?;
+        match pushed {
+            Ok(None) => {}
+            Ok(Some(reference)) => {
+                release.spec.image = reference;
+                store
+                    .put(&release)
+                    .await
+                    .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
+            }
+            Err(()) => {
+                if let Some(id) = container {
+                    slipway_operator::docker::remove(&docker, &id).await;
+                }
+                if let Some(name) = release.metadata.name.as_deref() {
+                    let _ = store.delete::<Release>(name).await;
+                }
+                return Err(());
+            }
         }
     }
     Ok(())
 }
 
+/// Records a staged Release of `image` for `branch`.
+async fn stage(
+    store: &AnyStore,
+    branch: &str,
+    commit: &str,
+    tree: &str,
+    image: &str,
+    config: &Config,
+    reporter: &Reporter,
+) -> Result<Release, ()> {
+    let release = release::staged(
+        &config.webspace,
+        branch,
+        commit,
+        tree,
+        image,
+        &config.pusher,
+    );
+    let name = release.metadata.name.clone().unwrap_or_default();
+    store
+        .put(&release)
+        .await
+        .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
+    reporter.say(&format!("slipway: staged release `{name}` for `{branch}`"));
+    Ok(release)
+}
+
 /// Starts a staged release beside the serving one, without traffic, and requires it to answer
 /// its health check; otherwise the push is rejected, the container removed and the Release
 /// deleted, with the probe result, the exit code and the last log lines for the pusher.
+/// Returns the container's id (none when the Webspace deploys nothing for the branch).
 async fn start_unrouted(
     config: &Config,
     store: &AnyStore,
@@ -251,7 +298,7 @@ async fn start_unrouted(
     webspace: &Webspace,
     release: &Release,
     reporter: &Reporter,
-) -> Result<(), ()> {
+) -> Result<Option<String>, ()> {
     use slipway_operator::docker as driver;
     let runtimes = store
         .list::<Runtime>()
@@ -274,7 +321,7 @@ async fn start_unrouted(
     )
     .into_iter()
     .next() else {
-        return Ok(());
+        return Ok(None);
     };
     let branch = &release.spec.branch;
     let container = driver::ensure(
@@ -297,7 +344,7 @@ async fn start_unrouted(
                 "slipway: `{branch}` started and answers `{}` (HTTP {status})",
                 config.health_path
             ));
-            Ok(())
+            Ok(Some(container.id))
         }
         Err(probe) => {
             let (_, logs) = driver::diagnose(docker, &container.id).await;
