@@ -452,7 +452,7 @@ to_ms() {
     }'
 }
 
-declare -A RPS=() P99=()   # target -> newline-separated samples
+declare -A RPS=() P99=() CPU=()   # target -> newline-separated samples
 declare -A ERRS=() NON2XX=() REQS=()
 for target in "${TARGETS[@]}"; do ERRS[$target]=0; NON2XX[$target]=0; REQS[$target]=0; done
 FAILURES=()
@@ -465,10 +465,31 @@ wrk_run() {
     wait $!
 }
 
+# CPU time (clock ticks, user + system, all threads) of the proxy under test: slipway up's
+# process, or nginx's master and workers; nothing for the direct runs.
+CLK_TCK=$(getconf CLK_TCK)
+proxy_ticks() { # target
+    local pids=() pid total=0 stat
+    case $1 in
+        slipway) pids=("$SLIPWAY_PID") ;;
+        nginx) pids=("$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID" 2>/dev/null)) ;;
+        *) echo 0; return ;;
+    esac
+    for pid in "${pids[@]}"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) }
+        # Fields after the name: state is the 1st, utime the 12th, stime the 13th.
+        total=$((total + $(awk '{ print $12 + $13 }' <<<"$stat")))
+    done
+    echo "$total"
+}
+
 measure() { # target run
-    local target=$1 run=$2 log rps p99 errs non2xx reqs rc=0
+    local target=$1 run=$2 log rps p99 errs non2xx reqs rc=0 ticks cpu_us
     log=$T/log/wrk-$target-$run.log
+    ticks=$(proxy_ticks "$target")
     wrk_run "$target" "$BENCH_DURATION" "$log" || rc=$?
+    ticks=$(($(proxy_ticks "$target") - ticks))
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$log")
     p99=$(awk '$1 == "99%" { print $2 }' "$log")
     reqs=$(awk '/requests in/ { print $1 }' "$log")
@@ -481,13 +502,17 @@ measure() { # target run
     p99=$(to_ms "$p99")
     errs=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$log")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$log")
+    if [[ $target != direct && ${reqs:-0} -gt 0 ]]; then
+        cpu_us=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+        CPU[$target]+="$cpu_us"$'\n'
+    fi
     RPS[$target]+="$rps"$'\n'
     P99[$target]+="$p99"$'\n'
     ERRS[$target]=$((ERRS[$target] + ${errs:-0}))
     NON2XX[$target]=$((NON2XX[$target] + ${non2xx:-0}))
     REQS[$target]=$((REQS[$target] + ${reqs:-0}))
-    say "$(printf '%-8s run %d: %10s req/s  p99 %9s ms  (%s requests, socket errors %s, non-2xx %s)' \
-        "$target" "$run" "$rps" "$p99" "${reqs:-?}" "${errs:-0}" "${non2xx:-0}")"
+    say "$(printf '%-8s run %d: %10s req/s  p99 %9s ms  proxy CPU %6s us/request  (%s requests, socket errors %s, non-2xx %s)' \
+        "$target" "$run" "$rps" "$p99" "${cpu_us:--}" "${reqs:-?}" "${errs:-0}" "${non2xx:-0}")"
 }
 
 # The order rotates round by round, so no target always runs first (or right after another).
@@ -568,7 +593,8 @@ notes=(
     "$SLIPWAY_VERSION ($SLIPWAY_BIN); proxy $PROXY_VERSION with worker_processes $NGINX_WORKERS; $WRK_VERSION; Docker engine $ENGINE; $(nproc) CPUs shared by wrk, the proxy, docker-proxy and the backend; load average $LOAD_START at the start, $LOAD_END at the end"
     "wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d${BENCH_DURATION}s --latency -H 'Host: $HOST', GET / ($BODY_BYTES-byte page); $BENCH_RUNS rounds, targets in rotating order, medians; ${BENCH_WARMUP}s unmeasured warm-up per target"
     "backend: $BACKEND_DESC, deployed by \`git push\` to \`slipway up\` (the container's limits: 1 CPU, 512 MiB); all three targets reach it at $BACKEND_PATH"
-    "nginx: upstream keepalive 64, HTTP/1.1, Host and X-Forwarded-For/-Proto/-Host set, no access log, keepalive_requests 1000000 both ways$( ((NGINX_REUSEPORT)) && echo ', listen with reuseport' || true); slipway: \`slipway up\` router (hyper), which sets the same headers"
+    "nginx: upstream keepalive 64, HTTP/1.1, Host and X-Forwarded-For/-Proto/-Host set, no access log, keepalive_requests 1000000 both ways$( ((NGINX_REUSEPORT)) && echo ', listen with reuseport' || true); slipway: \`slipway up\` router (its own HTTP/1.1 relay, a thread per CPU), which sets the same headers"
+    "proxy CPU per request (user + system of the proxy's processes during a run, over its requests; median of the rounds): nginx $(printf '%s' "${CPU[nginx]:-}" | median) us, slipway $(printf '%s' "${CPU[slipway]:-}" | median) us"
     "req/s samples: direct $(samples_of "${RPS[direct]:-}"); nginx $(samples_of "${RPS[nginx]:-}"); slipway $(samples_of "${RPS[slipway]:-}")"
     "p99 samples (ms): direct $(samples_of "${P99[direct]:-}"); nginx $(samples_of "${P99[nginx]:-}"); slipway $(samples_of "${P99[slipway]:-}")"
     "socket errors / non-2xx, all measured runs: direct ${ERRS[direct]} / ${NON2XX[direct]} of ${REQS[direct]} requests, nginx ${ERRS[nginx]} / ${NON2XX[nginx]} of ${REQS[nginx]}, slipway ${ERRS[slipway]} / ${NON2XX[slipway]} of ${REQS[slipway]}"
