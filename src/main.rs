@@ -154,6 +154,10 @@ struct UpArgs {
     /// Seconds an old release keeps running after traffic moved away from it.
     #[arg(long, default_value_t = 2)]
     drain: u64,
+    /// Threads of the HTTP router (default: half the CPUs, at least one; the apps behind it
+    /// need CPU too).
+    #[arg(long, env = env::ROUTER_THREADS)]
+    router_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +259,7 @@ fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
 /// What `slipway up` adds to the git server: where the router listens, and the operator.
 struct Rollout {
     http_listen: SocketAddr,
+    router_threads: std::num::NonZeroUsize,
     settings: slipway_operator::single_host::Settings,
 }
 
@@ -262,6 +267,9 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
     let port = args.http_listen.port();
     Rollout {
         http_listen: args.http_listen,
+        router_threads: args
+            .router_threads
+            .unwrap_or_else(slipway_operator::router::default_threads),
         settings: slipway_operator::single_host::Settings {
             hosts: slipway_operator::Hosts {
                 domain: args.domain.clone(),
@@ -416,6 +424,7 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         background.push(tokio::spawn(slipway_operator::router::run(
             http,
             table.clone(),
+            rollout.router_threads,
             shutdown.clone(),
         )));
         background.push(tokio::spawn(slipway_operator::single_host::run(

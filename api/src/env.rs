@@ -12,6 +12,8 @@ pub const DATA: &str = "SLIPWAY_DATA";
 pub const SSH_LISTEN: &str = "SLIPWAY_SSH_LISTEN";
 /// Address the HTTP router of `slipway up` listens on, e.g. `127.0.0.1:8080`.
 pub const HTTP_LISTEN: &str = "SLIPWAY_HTTP_LISTEN";
+/// Threads of the HTTP router of `slipway up` (default: half the CPUs, at least one).
+pub const ROUTER_THREADS: &str = "SLIPWAY_ROUTER_THREADS";
 /// Domain of app hosts (`WEBSPACE.DOMAIN`), default `localhost`.
 pub const DOMAIN: &str = "SLIPWAY_DOMAIN";
 /// Container registry images are pushed to (`HOST:PORT`); optional on a single host.

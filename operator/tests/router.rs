@@ -68,7 +68,12 @@ async fn router(routes: Routes) -> (SocketAddr, RouteTable, CancellationToken) {
     let table = RouteTable::default();
     table.replace(routes);
     let shutdown = CancellationToken::new();
-    tokio::spawn(router::run(listener, table.clone(), shutdown.clone()));
+    tokio::spawn(router::run(
+        listener,
+        table.clone(),
+        std::num::NonZeroUsize::MIN.saturating_add(1),
+        shutdown.clone(),
+    ));
     (address, table, shutdown)
 }
 
@@ -591,7 +596,12 @@ async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
     let table = RouteTable::default();
     table.replace(Routes::from([("app.localhost".to_owned(), app)]));
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(router::run(listener, table, shutdown.clone()));
+    let server = tokio::spawn(router::run(
+        listener,
+        table,
+        router::default_threads(),
+        shutdown.clone(),
+    ));
     let mut idle = connect(address).await;
     let mut busy = connect(address).await;
     busy.write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
