@@ -228,6 +228,40 @@ fn a_release_that_does_not_start_is_rejected_and_the_old_one_keeps_serving() {
 }
 
 #[test]
+fn a_push_refused_by_one_branch_leaves_nothing_of_the_others() {
+    let host = Host::new();
+    let app = site(&host, "good\n");
+    assert_ok(&host.push(&app, &["main"]));
+    commit(&host.alice, &app, &[("index.html", "a\n")], "a");
+    assert_ok(&host.alice.git(&app, &["branch", "a-good"]));
+    commit(
+        &host.alice,
+        &app,
+        &[(
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\nCMD exit 3\n",
+        )],
+        "broken",
+    );
+    let push = host.push(&app, &["a-good", "HEAD:refs/heads/b-broken"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains("remote: slipway: `a-good` started and answers")
+            && said.contains("remote: error: `b-broken` did not become healthy"),
+        "a-good is staged and started before b-broken fails: {said}"
+    );
+    assert_eq!(host.containers().len(), 1, "only main's container is left");
+    let releases: Vec<String> = std::fs::read_dir(host.scratch.data().join("resources/releases"))
+        .expect("releases")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(releases.len(), 1, "only main's release is left: {releases:?}");
+    assert_eq!(host.get(&format!("a-good.{}", host.name)).0, 404);
+    assert_eq!(host.get(&host.name), (200, "good\n".to_owned()));
+}
+
+#[test]
 fn a_redeploy_under_load_drops_no_request() {
     let host = Host::new();
     let app = site(&host, "one\n");
@@ -316,9 +350,17 @@ fn a_stopped_backend_gives_502_until_the_operator_restarts_it() {
         if status == 502 {
             break;
         }
-        assert_eq!((status, body.as_str()), (200, "back\n"), "restarted already");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "back\n"),
+            "restarted already"
+        );
     }
-    assert_eq!(answers.last(), Some(&502), "answers right after each stop: {answers:?}");
+    assert_eq!(
+        answers.last(),
+        Some(&502),
+        "answers right after each stop: {answers:?}"
+    );
 }
 
 #[test]

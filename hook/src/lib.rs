@@ -208,56 +208,127 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
         }
         staged.push((plan.branch, plan.commit, plan.tree, plan.tag, image));
     }
+    // Everything this push staged so far: a later refusal (another branch that does not start,
+    // the registry) withdraws it all, so a refused push leaves no container or Release behind.
+    let mut recorded: Vec<String> = Vec::new();
     for (branch, commit, tree, tag, image) in staged {
-        // The image goes to the registry while the release starts from the local copy (on a
-        // single host): the Release names the local tag until the push returns its digest.
-        let push = async {
-            if config.registry.is_none() {
-                return Ok(None);
-            }
-            let digest = build::push(&docker, &repository, &tag, credentials.clone())
-                .await
-                .map_err(|e| {
-                    reporter.failure("the image registry is unavailable; try again later", &e)
-                })?;
-            reporter.say(&format!("slipway: pushed `{image}` ({digest})"));
-            Ok::<_, ()>(Some(format!("{image}@{digest}")))
-        };
-        if !config.rollout {
-            let reference = push.await?.unwrap_or_else(|| image.clone());
-            stage(
-                &store, &branch, &commit, &tree, &reference, config, reporter,
-            )
-            .await?;
-            continue;
-        }
-        let mut release = stage(&store, &branch, &commit, &tree, &image, config, reporter).await?;
-        let (pushed, started) = tokio::join!(
-            push,
-            start_unrouted(config, &store, &docker, &webspace, &release, reporter)
-        );
-        let container = started?;
-        match pushed {
-            Ok(None) => {}
-            Ok(Some(reference)) => {
-                release.spec.image = reference;
-                store
-                    .put(&release)
-                    .await
-                    .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
-            }
-            Err(()) => {
-                if let Some(id) = container {
-                    slipway_operator::docker::remove(&docker, &id).await;
-                }
-                if let Some(name) = release.metadata.name.as_deref() {
-                    let _ = store.delete::<Release>(name).await;
-                }
-                return Err(());
-            }
+        let result = stage_branch(
+            config,
+            &store,
+            &docker,
+            &webspace,
+            StagedBuild {
+                branch: &branch,
+                commit: &commit,
+                tree: &tree,
+                tag: &tag,
+                image: &image,
+                repository: &repository,
+                credentials: credentials.clone(),
+            },
+            &mut recorded,
+            reporter,
+        )
+        .await;
+        if result.is_err() {
+            withdraw(config, &store, &docker, &recorded, reporter).await;
+            return Err(());
         }
     }
     Ok(())
+}
+
+/// One branch's built image, ready to be pushed and staged.
+struct StagedBuild<'a> {
+    branch: &'a str,
+    commit: &'a str,
+    tree: &'a str,
+    tag: &'a str,
+    image: &'a str,
+    repository: &'a str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+}
+
+/// Pushes one branch's image and records its staged Release (its name goes to `recorded` at
+/// once); on a single host also starts it unrouted. The image goes to the registry while the
+/// release starts from the local copy: the Release names the local tag until the push returns
+/// its digest.
+async fn stage_branch(
+    config: &Config,
+    store: &AnyStore,
+    docker: &bollard::Docker,
+    webspace: &Webspace,
+    staged: StagedBuild<'_>,
+    recorded: &mut Vec<String>,
+    reporter: &Reporter,
+) -> Result<(), ()> {
+    let StagedBuild {
+        branch,
+        commit,
+        tree,
+        tag,
+        image,
+        repository,
+        credentials,
+    } = staged;
+    let push = async {
+        if config.registry.is_none() {
+            return Ok(None);
+        }
+        let digest = build::push(docker, repository, tag, credentials)
+            .await
+            .map_err(|e| {
+                reporter.failure("the image registry is unavailable; try again later", &e)
+            })?;
+        reporter.say(&format!("slipway: pushed `{image}` ({digest})"));
+        Ok::<_, ()>(Some(format!("{image}@{digest}")))
+    };
+    if !config.rollout {
+        let reference = push.await?.unwrap_or_else(|| image.to_owned());
+        let release = stage(store, branch, commit, tree, &reference, config, reporter).await?;
+        recorded.extend(release.metadata.name);
+        return Ok(());
+    }
+    let mut release = stage(store, branch, commit, tree, image, config, reporter).await?;
+    recorded.extend(release.metadata.name.clone());
+    let (pushed, started) = tokio::join!(
+        push,
+        start_unrouted(config, store, docker, webspace, &release, reporter)
+    );
+    started?;
+    if let Some(reference) = pushed? {
+        release.spec.image = reference;
+        store
+            .put(&release)
+            .await
+            .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
+    }
+    Ok(())
+}
+
+/// Takes back what a refused push staged: the containers of `releases` (started unrouted) and
+/// the Releases themselves. Best effort: what cannot be removed now goes to the hook log.
+async fn withdraw(
+    config: &Config,
+    store: &AnyStore,
+    docker: &bollard::Docker,
+    releases: &[String],
+    reporter: &Reporter,
+) {
+    let instance = slipway_operator::docker::instance(&config.data);
+    for name in releases {
+        if config.rollout {
+            let container = slipway_operator::docker::container_name(&instance, name);
+            if docker.inspect_container(&container, None).await.is_ok() {
+                slipway_operator::docker::remove(docker, &container).await;
+            }
+        }
+        if let Err(error) = store.delete::<Release>(name).await {
+            reporter.log(&format!(
+                "cannot withdraw the staged release `{name}`: {error}"
+            ));
+        }
+    }
 }
 
 /// Records a staged Release of `image` for `branch`.
