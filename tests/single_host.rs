@@ -256,9 +256,33 @@ fn a_push_refused_by_one_branch_leaves_nothing_of_the_others() {
         .expect("releases")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(releases.len(), 1, "only main's release is left: {releases:?}");
+    assert_eq!(
+        releases.len(),
+        1,
+        "only main's release is left: {releases:?}"
+    );
     assert_eq!(host.get(&format!("a-good.{}", host.name)).0, 404);
     assert_eq!(host.get(&host.name), (200, "good\n".to_owned()));
+}
+
+#[test]
+fn pushing_master_to_a_main_webspace_serves_a_preview_and_says_how_to_reach_production() {
+    let host = Host::new();
+    let app = site(&host, "m\n");
+    let push = host.push(&app, &["main:master"]);
+    assert_ok(&push);
+    let said = stderr(&push);
+    assert!(
+        said.contains(
+            "remote: hint: `master` is a preview here: the production branch is `main`; push `master:main`"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        host.get(&format!("master.{}", host.name)),
+        (200, "m\n".to_owned())
+    );
+    assert_eq!(host.get(&host.name).0, 404, "production has nothing yet");
 }
 
 #[test]

@@ -126,6 +126,13 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     };
     let updates = updates::decide(input, &webspace.spec.production_branch)
         .map_err(|e| reporter.error(&e.to_string(), e.hint()))?;
+    for update in &updates {
+        if let Update::Branch { branch, .. } = update
+            && let Some(hint) = updates::production_hint(branch, &webspace.spec.production_branch)
+        {
+            reporter.say(&format!("hint: {hint}"));
+        }
+    }
     if !config.build {
         for update in &updates {
             if let Update::Branch { branch, commit } = update {

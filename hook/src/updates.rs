@@ -89,6 +89,19 @@ pub fn decide(input: &str, production_branch: &str) -> Result<Vec<Update>, Updat
     Ok(updates)
 }
 
+/// Branch names that people push expecting production (Heroku deploys either).
+const USUAL_PRODUCTION: [&str; 2] = ["main", "master"];
+
+/// A hint for a push of `branch` that will become a preview, when its name says the pusher
+/// probably meant production (`master` pushed to a webspace whose production branch is `main`).
+pub fn production_hint(branch: &str, production_branch: &str) -> Option<String> {
+    (branch != production_branch && USUAL_PRODUCTION.contains(&branch)).then(|| {
+        format!(
+            "`{branch}` is a preview here: the production branch is `{production_branch}`; push `{branch}:{production_branch}` to deploy it to production, or set `productionBranch: {branch}` on the Webspace"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +130,17 @@ mod tests {
                 },
             ])
         );
+    }
+
+    #[test]
+    fn master_pushed_to_a_main_webspace_gets_a_hint() {
+        let hint = production_hint("master", "main").expect("a hint");
+        assert!(hint.contains("push `master:main`"), "{hint}");
+        assert!(hint.contains("productionBranch: master"), "{hint}");
+        assert!(production_hint("main", "master").is_some());
+        assert_eq!(production_hint("main", "main"), None);
+        assert_eq!(production_hint("master", "master"), None);
+        assert_eq!(production_hint("feature-x", "main"), None);
     }
 
     #[test]
