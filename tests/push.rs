@@ -395,3 +395,51 @@ fn sigterm_lets_a_running_push_finish_and_takes_no_new_work() {
     );
     assert_fsck(&repository);
 }
+
+#[test]
+fn a_push_still_running_when_the_grace_period_ends_is_told_why_it_stopped() {
+    let World {
+        scratch,
+        server,
+        alice,
+    } = World::with(&["--no-build", "--shutdown-grace", "1"], &[]);
+    let app = scratch.path("app");
+    work_tree(&alice, &app, &[("a", "1")]);
+    // Never released: the push is still sending its pack when the grace period ends.
+    let release = scratch.path("release");
+    let url = server.url("blog.git");
+    let held = alice
+        .git_command(&app, &["push", &url, "main"])
+        .env("GIT_SSH_COMMAND", held_ssh(&alice, &scratch, &release))
+        .env("GIT_SSH_VARIANT", "ssh")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("held push");
+    wait_for("the push to be running", Duration::from_secs(20), || {
+        server.log().contains("push lock acquired")
+    });
+    server.terminate();
+    let output = server.wait_stopped();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("still running after the grace period"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    fs::write(&release, "").expect("release the client's ssh");
+    let pushed = held.wait_with_output().expect("held push");
+    let said = String::from_utf8_lossy(&pushed.stderr);
+    assert!(!pushed.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "remote: error: the server is shutting down and stopped this push before it finished"
+        ) && said.contains("remote: hint: push again when the server is back"),
+        "{said}"
+    );
+    let repository = scratch.data().join("repos/blog.git");
+    assert_eq!(
+        rev_parse(&repository, "refs/heads/main"),
+        None,
+        "no ref moved"
+    );
+    assert_fsck(&repository);
+}

@@ -12,6 +12,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -29,6 +30,9 @@ const COPY_BUFFER: usize = 256 * 1024;
 
 /// SSH extended-data type for stderr (RFC 4254 §5.2).
 const STDERR: u32 = 1;
+/// How long telling a client that the shutdown stopped its command may take: a client that is
+/// gone too must not hold the shutdown up.
+const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One git process to run.
 #[derive(Debug)]
@@ -51,6 +55,8 @@ pub enum Ending {
 }
 
 /// Spawns git and pipes it through `channel` until it exits, or until `kill` is cancelled.
+/// When `kill` was cancelled by the server's shutdown (`stopping` is cancelled too), the
+/// client is told so before the channel closes, and the command exits 1.
 ///
 /// # Errors
 /// When git cannot be spawned; the client is then told the push failed.
@@ -58,7 +64,12 @@ pub async fn run(
     invocation: Invocation,
     channel: Channel<Msg>,
     kill: CancellationToken,
+    stopping: CancellationToken,
 ) -> std::io::Result<Ending> {
+    let what = match invocation.service {
+        Service::ReceivePack => "push",
+        Service::UploadPack => "fetch",
+    };
     let mut child = Command::new("git")
         .arg(invocation.service.subcommand())
         .arg(&invocation.repository)
@@ -133,6 +144,17 @@ pub async fn run(
         }
         None => {
             terminate(group, &mut child).await;
+            if stopping.is_cancelled() {
+                let text = format!(
+                    "remote: error: the server is shutting down and stopped this {what} before it finished\nremote: hint: {what} again when the server is back\n"
+                );
+                let tell = async {
+                    errors.write_all(text.as_bytes()).await?;
+                    errors.flush().await
+                };
+                let _ = tokio::time::timeout(TELL_TIMEOUT, tell).await;
+                let _ = to_client.exit_status(1).await;
+            }
             Ending::Killed
         }
     };

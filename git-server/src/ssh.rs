@@ -697,7 +697,7 @@ async fn execute<S: Store>(
         environment,
     };
     let service = invocation.service;
-    let ok = match plumbing::run(invocation, channel, gone).await {
+    let ok = match plumbing::run(invocation, channel, gone, shared.kill.clone()).await {
         Ok(Ending::Exited(code)) => {
             tracing::info!(code, elapsed = ?started.elapsed(), %peer, "git finished");
             code == 0

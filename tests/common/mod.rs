@@ -152,15 +152,16 @@ impl Server {
             .append(true)
             .open(&log)
             .expect("log file");
+        // A test may choose its own grace period.
+        let grace: &[&str] = if args.contains(&"--shutdown-grace") {
+            &[]
+        } else {
+            &["--shutdown-grace", "10"]
+        };
         let mut child = Command::new(SLIPWAY)
-            .args([
-                subcommand,
-                "--ssh-listen",
-                "127.0.0.1:0",
-                "--shutdown-grace",
-                "10",
-                "--data",
-            ])
+            .args([subcommand, "--ssh-listen", "127.0.0.1:0"])
+            .args(grace)
+            .arg("--data")
             .arg(data)
             .args(args)
             .envs(envs.iter().copied())
