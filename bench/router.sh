@@ -322,23 +322,15 @@ timeout -k 5 "$BENCH_TIMEOUT" git -C "$SRC" push "ssh://git@127.0.0.1:$SSH_PORT/
 wait $! || { cat "$T/log/push.log" >&2; die "the push failed (or took over ${BENCH_TIMEOUT}s)"; }
 grep -q "slipway: deployed " "$T/log/push.log" || { cat "$T/log/push.log" >&2; die "the push did not deploy the app"; }
 
-# The backend: the container Slipway started. Slipway's router reaches it at its bridge network
-# address when this host is on the bridge (a rootful engine), else at its published 127.0.0.1
-# port (operator/src/docker.rs `reach`); nginx and the direct runs use the same address, so all
-# three take the same path (with or without Docker's userland docker-proxy).
+# The backend: the container Slipway started, at its published 127.0.0.1 port, where Slipway's
+# router reaches it (operator/src/docker.rs `reach`); nginx and the direct runs use the same
+# address, so all three take the same path, through Docker's userland docker-proxy.
 ids=$(app_containers)
 (($(wc -w <<<"$ids") == 1)) || die "expected one container of $WEBSPACE, found: $(echo $ids)"
 ports=$(docker port "$ids")
 [[ $ports =~ ^([0-9]+)/tcp\ -\>\ 127\.0\.0\.1:([0-9]+) ]] || die "no published 127.0.0.1 port on container $ids ($ports)"
-PRIVATE_PORT=${BASH_REMATCH[1]}
 BACKEND=127.0.0.1:${BASH_REMATCH[2]}
-BACKEND_PATH="its published port $BACKEND, through Docker's userland docker-proxy"
-read -r bridge_ip bridge_gateway < <(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.Gateway}}{{end}}' "$ids")
-if [[ -n ${bridge_gateway:-} && -n ${bridge_ip:-} ]] \
-    && curl -fsS --max-time 2 -o /dev/null "http://$bridge_ip:$PRIVATE_PORT/" 2>/dev/null; then
-    BACKEND=$bridge_ip:$PRIVATE_PORT
-    BACKEND_PATH="its bridge network address $BACKEND (no docker-proxy), as Slipway's router does"
-fi
+BACKEND_PATH="its published port $BACKEND, through Docker's userland docker-proxy, as Slipway's router does"
 say "backend: container $ids at $BACKEND"
 
 # ---------------------------------------------------------------------------------------------

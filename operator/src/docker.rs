@@ -217,15 +217,24 @@ pub async fn ensure(
     })
 }
 
-/// Where the router reaches a container: `private` port at its bridge network address when
-/// this host has that network's gateway address (so the bridge is routed here), else the
-/// `published` port on 127.0.0.1.
+/// Where the router reaches a container: its `published` port on 127.0.0.1; only a container
+/// without one is reached at its `private` port on its bridge network address, when this host
+/// has that network's gateway address (so the bridge is routed here).
+///
+/// # Why not the bridge address first
+/// It skips Docker's userland proxy, but the engine hands a stopped container's address to the
+/// next container it starts, often at once, and apps listen on the same port: until the next
+/// pass noticed the stop, requests for one app would reach another customer's. A published
+/// port is not handed out again until the engine has gone through its whole port range.
 fn reach(
     networks: Option<&HashMap<String, EndpointSettings>>,
     private: Option<u16>,
     published: Option<u16>,
 ) -> Option<SocketAddr> {
-    let bridge = networks
+    if let Some(port) = published {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    networks
         .into_iter()
         .flat_map(HashMap::values)
         .find_map(|endpoint| {
@@ -234,8 +243,7 @@ fn reach(
             // Binding succeeds only to an address of this host's network namespace.
             std::net::UdpSocket::bind(SocketAddr::new(gateway, 0)).ok()?;
             Some(SocketAddr::new(ip, private?))
-        });
-    bridge.or_else(|| published.map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
+        })
 }
 
 /// One HTTP probe: the status code of `GET path`, if the app answered at all.
@@ -372,19 +380,21 @@ mod tests {
     }
 
     #[test]
-    fn containers_are_reached_on_the_bridge_when_this_host_is_on_it() {
+    fn containers_are_reached_at_their_published_port_the_bridge_only_without_one() {
         // 127.0.0.2 is an address of every Linux host (all of 127/8 is local).
         let local = networks("172.17.0.5", "127.0.0.2");
         assert_eq!(
             reach(Some(&local), Some(8080), Some(32768)),
+            Some("127.0.0.1:32768".parse().expect("address")),
+            "a bridge address is handed to the next container when this one stops"
+        );
+        assert_eq!(
+            reach(Some(&local), Some(8080), None),
             Some("172.17.0.5:8080".parse().expect("address"))
         );
-        // A gateway this host does not have (a rootless engine's): the published port.
+        // A gateway this host does not have (a rootless engine's): not reachable.
         let elsewhere = networks("10.0.2.100", "192.0.2.1");
-        assert_eq!(
-            reach(Some(&elsewhere), Some(8080), Some(32768)),
-            Some("127.0.0.1:32768".parse().expect("address"))
-        );
+        assert_eq!(reach(Some(&elsewhere), Some(8080), None), None);
         assert_eq!(
             reach(None, Some(8080), Some(32768)),
             Some("127.0.0.1:32768".parse().expect("address"))
