@@ -153,12 +153,8 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     let docker = build::connect()
         .await
         .map_err(|e| reporter.failure("the build service is unavailable; try again later", &e))?;
-    let credentials = match (&config.docker_config, &config.registry) {
-        (Some(dir), Some(registry)) => credentials::for_registry(dir, registry),
-        _ => None,
-    };
     let repository = image_repository(config);
-    let mut staged = Vec::new();
+    let mut built = Vec::new();
     for plan in plans {
         let image = format!("{repository}:{}", plan.tag);
         if build::exists(&docker, &image).await {
@@ -213,26 +209,24 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
                 }
             }
         }
-        staged.push((plan.branch, plan.commit, plan.tree, plan.tag, image));
+        built.push(Built {
+            branch: plan.branch,
+            commit: plan.commit,
+            tree: plan.tree,
+            tag: plan.tag,
+            image,
+        });
     }
     // Everything this push staged so far: a later refusal (another branch that does not start,
     // the registry) withdraws it all, so a refused push leaves no container or Release behind.
     let mut recorded: Vec<String> = Vec::new();
-    for (branch, commit, tree, tag, image) in staged {
+    for branch in &built {
         let result = stage_branch(
             config,
             &store,
             &docker,
             &webspace,
-            StagedBuild {
-                branch: &branch,
-                commit: &commit,
-                tree: &tree,
-                tag: &tag,
-                image: &image,
-                repository: &repository,
-                credentials: credentials.clone(),
-            },
+            branch,
             &mut recorded,
             reporter,
         )
@@ -245,15 +239,13 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     Ok(())
 }
 
-/// One branch's built image, ready to be pushed and staged.
-struct StagedBuild<'a> {
-    branch: &'a str,
-    commit: &'a str,
-    tree: &'a str,
-    tag: &'a str,
-    image: &'a str,
-    repository: &'a str,
-    credentials: Option<bollard::auth::DockerCredentials>,
+/// One branch's image, built (or found built) and not yet pushed or staged.
+struct Built {
+    branch: String,
+    commit: String,
+    tree: String,
+    tag: String,
+    image: String,
 }
 
 /// Pushes one branch's image and records its staged Release (its name goes to `recorded` at
@@ -265,24 +257,20 @@ async fn stage_branch(
     store: &AnyStore,
     docker: &bollard::Docker,
     webspace: &Webspace,
-    staged: StagedBuild<'_>,
+    built: &Built,
     recorded: &mut Vec<String>,
     reporter: &Reporter,
 ) -> Result<(), ()> {
-    let StagedBuild {
-        branch,
-        commit,
-        tree,
-        tag,
-        image,
-        repository,
-        credentials,
-    } = staged;
+    let image = &built.image;
     let push = async {
-        if config.registry.is_none() {
+        let Some(registry) = &config.registry else {
             return Ok(None);
-        }
-        let digest = build::push(docker, repository, tag, credentials)
+        };
+        let credentials = config
+            .docker_config
+            .as_ref()
+            .and_then(|dir| credentials::for_registry(dir, registry));
+        let digest = build::push(docker, &image_repository(config), &built.tag, credentials)
             .await
             .map_err(|e| {
                 reporter.failure("the image registry is unavailable; try again later", &e)
@@ -291,12 +279,12 @@ async fn stage_branch(
         Ok::<_, ()>(Some(format!("{image}@{digest}")))
     };
     if !config.rollout {
-        let reference = push.await?.unwrap_or_else(|| image.to_owned());
-        let release = stage(store, branch, commit, tree, &reference, config, reporter).await?;
+        let reference = push.await?.unwrap_or_else(|| image.clone());
+        let release = stage(store, built, &reference, config, reporter).await?;
         recorded.extend(release.metadata.name);
         return Ok(());
     }
-    let mut release = stage(store, branch, commit, tree, image, config, reporter).await?;
+    let mut release = stage(store, built, image, config, reporter).await?;
     recorded.extend(release.metadata.name.clone());
     let (pushed, started) = tokio::join!(
         push,
@@ -338,21 +326,19 @@ async fn withdraw(
     }
 }
 
-/// Records a staged Release of `image` for `branch`.
+/// Records a staged Release of `image` (the local tag or the pushed reference) for `built`.
 async fn stage(
     store: &AnyStore,
-    branch: &str,
-    commit: &str,
-    tree: &str,
+    built: &Built,
     image: &str,
     config: &Config,
     reporter: &Reporter,
 ) -> Result<Release, ()> {
     let release = release::staged(
         &config.webspace,
-        branch,
-        commit,
-        tree,
+        &built.branch,
+        &built.commit,
+        &built.tree,
         image,
         &config.pusher,
     );
@@ -361,14 +347,16 @@ async fn stage(
         .put(&release)
         .await
         .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
-    reporter.say(&format!("slipway: staged release `{name}` for `{branch}`"));
+    reporter.say(&format!(
+        "slipway: staged release `{name}` for `{}`",
+        built.branch
+    ));
     Ok(release)
 }
 
 /// Starts a staged release beside the serving one, without traffic, and requires it to answer
-/// its health check; otherwise the push is rejected, the container removed and the Release
-/// deleted, with the probe result, the exit code and the last log lines for the pusher.
-/// Returns the container's id (none when the Webspace deploys nothing for the branch).
+/// its health check; otherwise the push is rejected with the probe result, the exit code and
+/// the last log lines for the pusher (the caller withdraws the container and the Release).
 async fn start_unrouted(
     config: &Config,
     store: &AnyStore,
@@ -376,7 +364,7 @@ async fn start_unrouted(
     webspace: &Webspace,
     release: &Release,
     reporter: &Reporter,
-) -> Result<Option<String>, ()> {
+) -> Result<(), ()> {
     use slipway_operator::docker as driver;
     let runtimes = store
         .list::<Runtime>()
@@ -399,7 +387,7 @@ async fn start_unrouted(
     )
     .into_iter()
     .next() else {
-        return Ok(None);
+        return Ok(());
     };
     let branch = &release.spec.branch;
     let container = driver::ensure(
@@ -422,14 +410,10 @@ async fn start_unrouted(
                 "slipway: `{branch}` started and answers `{}` (HTTP {status})",
                 config.health_path
             ));
-            Ok(Some(container.id))
+            Ok(())
         }
         Err(probe) => {
             let (_, logs) = driver::diagnose(docker, &container.id).await;
-            driver::remove(docker, &container.id).await;
-            if let Some(name) = release.metadata.name.as_deref() {
-                let _ = store.delete::<Release>(name).await;
-            }
             reporter.error(
                 &format!(
                     "`{branch}` did not become healthy on `{}` ({probe}); the previous release keeps serving",
