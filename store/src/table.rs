@@ -150,9 +150,23 @@ fn cell(value: Option<&Value>, kind: &str, now: Timestamp) -> String {
             .parse::<Timestamp>()
             .map(|t| age(now.as_second() - t.as_second()))
             .unwrap_or_else(|_| s.clone()),
-        Some(Value::String(s)) => s.escape_debug().to_string(),
+        Some(Value::String(s)) => printable(s),
         Some(other) => other.to_string(),
     }
+}
+
+/// `text` with control characters (a newline, a terminal escape) written as escapes, so one
+/// resource stays one line and cannot drive the terminal; quotes and other text stay as they are.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// kubectl's age format: `45s`, `12m`, `5h`, `3d`.
@@ -199,6 +213,15 @@ mod tests {
                 "5m"
             ])
         );
+    }
+
+    #[test]
+    fn cells_escape_control_characters_only() {
+        assert_eq!(
+            printable("npm's default, \"quoted\""),
+            "npm's default, \"quoted\""
+        );
+        assert_eq!(printable("two\nlines\u{1b}[31m"), "two\\nlines\\u{1b}[31m");
     }
 
     #[test]
