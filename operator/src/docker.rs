@@ -2,19 +2,20 @@
 //! labels after a restart, published on 127.0.0.1 only, with an init process as PID 1 (without
 //! one most app servers ignore SIGTERM and every stop waits the full 10 s grace).
 //!
-//! The router and the health checks reach a container at its address on the engine's bridge
-//! network when this host is on that network, as it is with a rootful engine: that skips the
-//! engine's userland proxy (`docker-proxy`, a process that copies every byte of a published
-//! port). Otherwise (a rootless engine, say) they use the published port.
+//! The router and the health checks reach a container from inside its network namespace when
+//! this process may enter it (root, with a rootful engine): that skips the engine's userland
+//! proxy (`docker-proxy`, a process that copies every byte of a published port), and a stopped
+//! container's namespace is never another container's (see [`crate::netns`]). Otherwise (a
+//! rootless engine, say) they use the published port.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
@@ -23,6 +24,8 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::desired::Deployment;
+use crate::netns::Namespace;
+use crate::router::Target;
 
 /// Label holding the webspace name.
 pub const LABEL_WEBSPACE: &str = "dev.slipway.webspace";
@@ -69,8 +72,9 @@ pub struct AppContainer {
     pub branch: String,
     /// Release label.
     pub release: String,
-    /// Where the router reaches it, when it runs: see [`reach`].
-    pub address: Option<SocketAddr>,
+    /// Where the router reaches it, when it runs: from [`list`] its published port, from
+    /// [`ensure`] where [`reach`] says.
+    pub target: Option<Target>,
     /// Whether it is running.
     pub running: bool,
 }
@@ -103,17 +107,18 @@ pub async fn list(
         .into_iter()
         .filter_map(|c| {
             let labels = c.labels.unwrap_or_default();
-            let ports = c.ports.unwrap_or_default();
-            let published = ports.iter().find_map(|p| p.public_port);
-            let private = ports.iter().map(|p| p.private_port).next();
-            let networks = c.network_settings.and_then(|n| n.networks);
-            let address = reach(networks.as_ref(), private, published);
+            let published = c
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .find_map(|p| p.public_port);
             Some(AppContainer {
                 id: c.id?,
                 webspace: labels.get(LABEL_WEBSPACE)?.clone(),
                 branch: labels.get(LABEL_BRANCH)?.clone(),
                 release: labels.get(LABEL_RELEASE)?.clone(),
-                address,
+                target: published
+                    .map(|port| Target::from(SocketAddr::from(([127, 0, 0, 1], port)))),
                 running: matches!(
                     c.state,
                     Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
@@ -132,11 +137,13 @@ pub async fn ensure(
     instance: &str,
     deployment: &Deployment,
 ) -> Result<AppContainer, bollard::errors::Error> {
-    if let Some(existing) = list(docker, instance)
+    if let Some(mut existing) = list(docker, instance)
         .await?
         .into_iter()
-        .find(|c| c.release == deployment.release && c.running && c.address.is_some())
+        .find(|c| c.release == deployment.release && c.running && c.target.is_some())
     {
+        let inspect = docker.inspect_container(&existing.id, None).await?;
+        existing.target = reach(&inspect, deployment.port);
         return Ok(existing);
     }
     let name = container_name(instance, &deployment.release);
@@ -198,58 +205,62 @@ pub async fn ensure(
         .await?;
     docker.start_container(&name, None).await?;
     let inspect = docker.inspect_container(&name, None).await?;
-    let settings = inspect.network_settings.unwrap_or_default();
-    let published = settings.ports.and_then(|ports| {
-        ports
-            .into_values()
-            .flatten()
-            .flatten()
-            .find_map(|b| b.host_port?.parse::<u16>().ok())
-    });
-    let address = reach(settings.networks.as_ref(), Some(deployment.port), published);
     Ok(AppContainer {
+        target: reach(&inspect, deployment.port),
         id: inspect.id.unwrap_or(name),
         webspace: deployment.webspace.clone(),
         branch: deployment.label.clone(),
         release: deployment.release.clone(),
-        address,
         running: true,
     })
 }
 
-/// Where the router reaches a container: its `published` port on 127.0.0.1; only a container
-/// without one is reached at its `private` port on its bridge network address, when this host
-/// has that network's gateway address (so the bridge is routed here).
+/// Where the router reaches a running container: its `private` port at its own address, from
+/// inside its network namespace when this process may enter it, else its published port on
+/// 127.0.0.1.
 ///
-/// # Why not the bridge address first
-/// It skips Docker's userland proxy, but the engine hands a stopped container's address to the
-/// next container it starts, often at once, and apps listen on the same port: until the next
-/// pass noticed the stop, requests for one app would reach another customer's. A published
-/// port is not handed out again until the engine has gone through its whole port range.
-fn reach(
-    networks: Option<&HashMap<String, EndpointSettings>>,
-    private: Option<u16>,
-    published: Option<u16>,
-) -> Option<SocketAddr> {
-    if let Some(port) = published {
-        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    networks
-        .into_iter()
-        .flat_map(HashMap::values)
-        .find_map(|endpoint| {
-            let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
-            let gateway: IpAddr = endpoint.gateway.as_deref()?.parse().ok()?;
-            // Binding succeeds only to an address of this host's network namespace.
-            std::net::UdpSocket::bind(SocketAddr::new(gateway, 0)).ok()?;
-            Some(SocketAddr::new(ip, private?))
-        })
+/// # Never the bridge address from this host's network
+/// It also skips Docker's userland proxy, but the engine hands a stopped container's address to
+/// the next container it starts, often at once, and apps listen on the same port: until the
+/// next pass noticed the stop, requests for one app would reach another customer's. Neither a
+/// namespace nor a published port is handed to another container that soon (a published port
+/// only after the engine went through its whole port range).
+fn reach(inspect: &bollard::models::ContainerInspectResponse, private: u16) -> Option<Target> {
+    let settings = inspect.network_settings.as_ref();
+    let inside = || {
+        let ip: IpAddr = settings?
+            .networks
+            .as_ref()?
+            .values()
+            .find_map(|endpoint| endpoint.ip_address.as_deref()?.parse().ok())?;
+        let pid = inspect.state.as_ref()?.pid?;
+        match Namespace::of_container(pid, inspect.id.as_deref()?) {
+            Ok(namespace) => Some(Target {
+                address: SocketAddr::new(ip, private),
+                namespace: Some(Arc::new(namespace)),
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "using the published port");
+                None
+            }
+        }
+    };
+    inside().or_else(|| {
+        let published = settings?
+            .ports
+            .as_ref()?
+            .values()
+            .flatten()
+            .flatten()
+            .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
+        Some(Target::from(SocketAddr::from(([127, 0, 0, 1], published))))
+    })
 }
 
 /// One HTTP probe: the status code of `GET path`, if the app answered at all.
-async fn probe(address: SocketAddr, path: &str) -> Option<u16> {
+async fn probe(target: &Target, path: &str) -> Option<u16> {
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let mut stream = target.connect().await.ok()?;
         let request =
             format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: slipway-health\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
@@ -282,8 +293,8 @@ pub async fn wait_ready(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = "no answer".to_owned();
     loop {
-        let answer = match container.address {
-            Some(address) => probe(address, path).await,
+        let answer = match &container.target {
+            Some(target) => probe(target, path).await,
             None => None,
         };
         match answer {
@@ -366,39 +377,57 @@ pub async fn remove(docker: &Docker, id: &str) {
 
 #[cfg(test)]
 mod tests {
+    use bollard::models::{
+        ContainerInspectResponse, ContainerState, EndpointSettings, NetworkSettings,
+    };
+
     use super::*;
 
-    fn networks(ip: &str, gateway: &str) -> HashMap<String, EndpointSettings> {
-        HashMap::from([(
-            "bridge".to_owned(),
-            EndpointSettings {
-                ip_address: Some(ip.to_owned()),
-                gateway: Some(gateway.to_owned()),
+    /// What the engine says about a running container at 172.17.0.5 whose first process is
+    /// `pid`, published on `published`.
+    fn inspect(pid: i64, published: Option<&str>) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            id: Some("ab".repeat(32)),
+            state: Some(ContainerState {
+                pid: Some(pid),
+                running: Some(true),
                 ..Default::default()
-            },
-        )])
+            }),
+            network_settings: Some(NetworkSettings {
+                networks: Some(HashMap::from([(
+                    "bridge".to_owned(),
+                    EndpointSettings {
+                        ip_address: Some("172.17.0.5".to_owned()),
+                        gateway: Some("172.17.0.1".to_owned()),
+                        ..Default::default()
+                    },
+                )])),
+                ports: Some(HashMap::from([(
+                    "8080/tcp".to_owned(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".to_owned()),
+                        host_port: published.map(str::to_owned),
+                    }]),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
-    fn containers_are_reached_at_their_published_port_the_bridge_only_without_one() {
-        // 127.0.0.2 is an address of every Linux host (all of 127/8 is local).
-        let local = networks("172.17.0.5", "127.0.0.2");
+    fn without_its_namespace_a_container_is_reached_at_its_published_port_never_its_bridge_address()
+    {
+        // This test's own process is not in the container: its namespace is refused.
+        let me = i64::from(std::process::id());
         assert_eq!(
-            reach(Some(&local), Some(8080), Some(32768)),
-            Some("127.0.0.1:32768".parse().expect("address")),
+            reach(&inspect(me, Some("32768")), 8080),
+            Some(Target::from(
+                "127.0.0.1:32768".parse::<SocketAddr>().expect("address")
+            )),
             "a bridge address is handed to the next container when this one stops"
         );
-        assert_eq!(
-            reach(Some(&local), Some(8080), None),
-            Some("172.17.0.5:8080".parse().expect("address"))
-        );
-        // A gateway this host does not have (a rootless engine's): not reachable.
-        let elsewhere = networks("10.0.2.100", "192.0.2.1");
-        assert_eq!(reach(Some(&elsewhere), Some(8080), None), None);
-        assert_eq!(
-            reach(None, Some(8080), Some(32768)),
-            Some("127.0.0.1:32768".parse().expect("address"))
-        );
-        assert_eq!(reach(Some(&networks("", "")), Some(8080), None), None);
+        assert_eq!(reach(&inspect(me, None), 8080), None);
+        assert_eq!(reach(&inspect(0, Some("")), 8080), None);
     }
 }

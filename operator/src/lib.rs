@@ -9,6 +9,7 @@ pub mod docker;
 pub mod hosts;
 pub mod kubernetes;
 pub mod metrics;
+pub mod netns;
 pub mod router;
 pub mod single_host;
 pub mod status;

@@ -33,14 +33,63 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::netns::Namespace;
 use http1::{Body, Refusal};
 
-/// Host name (lowercase, without port) → backend address.
-pub type Routes = HashMap<String, SocketAddr>;
+/// Host name (lowercase, without port) → backend.
+pub type Routes = HashMap<String, Target>;
+
+/// Where a backend is reached: an address, seen from this host's network or from inside a
+/// container's network namespace ([`netns`](crate::netns)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The backend's address.
+    pub address: SocketAddr,
+    /// The network namespace the address is in; `None`: this host's.
+    pub namespace: Option<Arc<Namespace>>,
+}
+
+impl From<SocketAddr> for Target {
+    fn from(address: SocketAddr) -> Self {
+        Self {
+            address,
+            namespace: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.namespace {
+            Some(_) => write!(f, "{} in the container's network", self.address),
+            None => write!(f, "{}", self.address),
+        }
+    }
+}
+
+impl Target {
+    /// A new connection to the backend, within [`CONNECT_TIMEOUT`].
+    ///
+    /// # Errors
+    /// When the backend refuses or does not answer in time, or the namespace cannot be entered.
+    pub async fn connect(&self) -> io::Result<TcpStream> {
+        let new = || match self.address {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        };
+        let socket = match &self.namespace {
+            Some(namespace) => namespace.enter(new)?,
+            None => new()?,
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(self.address))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
 
 /// The route table, shared between the router and whoever decides the routes.
 #[derive(Debug, Clone, Default)]
@@ -265,7 +314,7 @@ impl Sink for &TcpStream {
 
 /// A connection to a backend, kept by one client connection between its requests.
 struct Backend {
-    address: SocketAddr,
+    target: Target,
     stream: TcpStream,
     /// Bytes read from the backend and not yet relayed.
     buffer: BytesMut,
@@ -299,14 +348,14 @@ async fn serve(
         };
         buffer.advance(request.head_len);
         let closing = shutdown.is_cancelled();
-        let address = routes.current().get(&request.host).copied();
-        let next = match address {
-            Some(address) => {
+        let target = routes.current().get(&request.host).cloned();
+        let next = match target {
+            Some(target) => {
                 exchange(
                     &mut client,
                     &mut buffer,
                     &mut backend,
-                    address,
+                    &target,
                     &request,
                     &shutdown,
                 )
@@ -433,25 +482,25 @@ struct Outcome {
     upgraded: bool,
 }
 
-/// Forwards `request` to `address` and its response back.
+/// Forwards `request` to `target` and its response back.
 async fn exchange(
     client: &mut TcpStream,
     inbound: &mut BytesMut,
     slot: &mut Option<Backend>,
-    address: SocketAddr,
+    target: &Target,
     request: &http1::Request,
     shutdown: &CancellationToken,
 ) -> Next {
     let mut retried = false;
     loop {
-        let kept = take_kept(slot, address, request.body != Body::Empty);
+        let kept = take_kept(slot, target, request.body != Body::Empty);
         let reused = kept.is_some();
         let mut backend = match kept {
             Some(backend) => backend,
-            None => match connect(address).await {
+            None => match connect(target).await {
                 Ok(backend) => backend,
                 Err(error) => {
-                    tracing::info!(host = %request.host, %address, %error, "backend did not answer");
+                    tracing::info!(host = %request.host, %target, %error, "backend did not answer");
                     return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY)
                         .await;
                 }
@@ -468,15 +517,15 @@ async fn exchange(
                 continue;
             }
             Err(Failure::BeforeResponse(error)) => {
-                tracing::info!(host = %request.host, %address, %error, "backend did not answer");
+                tracing::info!(host = %request.host, %target, %error, "backend did not answer");
                 return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY).await;
             }
             Err(Failure::BadResponse(reason)) => {
-                tracing::info!(host = %request.host, %address, reason, "backend sent an invalid response");
+                tracing::info!(host = %request.host, %target, reason, "backend sent an invalid response");
                 return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY).await;
             }
             Err(Failure::Timeout) => {
-                tracing::info!(host = %request.host, %address, "backend did not answer in time");
+                tracing::info!(host = %request.host, %target, "backend did not answer in time");
                 return answer(
                     client,
                     request,
@@ -507,12 +556,12 @@ async fn exchange(
     }
 }
 
-/// The kept backend connection when it goes to `address` and still looks open. With `strict`
+/// The kept backend connection when it goes to `target` and still looks open. With `strict`
 /// (the request has a body, which cannot be sent twice) a connection the backend closed
 /// meanwhile is noticed now rather than after sending.
-fn take_kept(slot: &mut Option<Backend>, address: SocketAddr, strict: bool) -> Option<Backend> {
+fn take_kept(slot: &mut Option<Backend>, target: &Target, strict: bool) -> Option<Backend> {
     let backend = slot.take()?;
-    if backend.address != address {
+    if backend.target != *target {
         return None;
     }
     if strict {
@@ -530,13 +579,11 @@ fn take_kept(slot: &mut Option<Backend>, address: SocketAddr, strict: bool) -> O
     Some(backend)
 }
 
-async fn connect(address: SocketAddr) -> io::Result<Backend> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+async fn connect(target: &Target) -> io::Result<Backend> {
+    let stream = target.connect().await?;
     stream.set_nodelay(true)?;
     Ok(Backend {
-        address,
+        target: target.clone(),
         stream,
         buffer: BytesMut::with_capacity(READ_CHUNK),
     })

@@ -264,7 +264,7 @@ async fn reconcile<S: Store>(
                 continue;
             }
         };
-        let Some(address) = container.address else {
+        let Some(target) = container.target.clone() else {
             continue;
         };
         let known = state.lock().await.healthy.contains(&deployment.release);
@@ -302,7 +302,7 @@ async fn reconcile<S: Store>(
             }
         }
         for host in &deployment.hosts {
-            routes.insert(host.clone(), address);
+            routes.insert(host.clone(), target.clone());
         }
         serving.insert(deployment.release.clone());
         if let Some(release) = by_name.get(deployment.release.as_str()) {

@@ -124,8 +124,8 @@ async fn routes_by_host_keeps_the_request_and_sets_forwarding_headers() {
     let a = backend("a").await;
     let b = backend("b").await;
     let (address, _table, shutdown) = router(Routes::from([
-        ("blog.localhost".to_owned(), a),
-        ("feature-x.blog.localhost".to_owned(), b),
+        ("blog.localhost".to_owned(), a.into()),
+        ("feature-x.blog.localhost".to_owned(), b.into()),
     ]))
     .await;
     let body = vec![b'x'; 5 << 20];
@@ -166,7 +166,7 @@ async fn unknown_hosts_get_404_and_dead_backends_502() {
         listener.local_addr().expect("address")
     };
     let (address, _table, shutdown) =
-        router(Routes::from([("down.localhost".to_owned(), closed)])).await;
+        router(Routes::from([("down.localhost".to_owned(), closed.into())])).await;
     let answers = tokio::task::spawn_blocking(move || {
         exchange(
             address,
@@ -186,13 +186,13 @@ async fn replacing_the_table_switches_traffic_at_once() {
     let old = backend("old").await;
     let new = backend("new").await;
     let (address, table, shutdown) =
-        router(Routes::from([("blog.localhost".to_owned(), old)])).await;
+        router(Routes::from([("blog.localhost".to_owned(), old.into())])).await;
     let before =
         tokio::task::spawn_blocking(move || exchange(address, &[get("blog.localhost", "/")]))
             .await
             .expect("client");
     assert!(before[0].1.starts_with("old "));
-    table.replace(Routes::from([("blog.localhost".to_owned(), new)]));
+    table.replace(Routes::from([("blog.localhost".to_owned(), new.into())]));
     let after =
         tokio::task::spawn_blocking(move || exchange(address, &[get("blog.localhost", "/")]))
             .await
@@ -315,7 +315,7 @@ async fn a_response_streams_through_before_it_is_complete() {
     })
     .await;
     let (address, _table, shutdown) =
-        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+        router(Routes::from([("app.localhost".to_owned(), app.into())])).await;
     let mut client = connect(address).await;
     client
         .write_all(b"GET /stream HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
@@ -354,7 +354,7 @@ async fn a_client_connection_reuses_one_backend_connection_and_survives_its_clos
     })
     .await;
     let (address, _table, shutdown) =
-        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+        router(Routes::from([("app.localhost".to_owned(), app.into())])).await;
     let mut client = connect(address).await;
     let mut pending = Vec::new();
     for i in 0..6 {
@@ -379,7 +379,8 @@ async fn a_client_connection_reuses_one_backend_connection_and_survives_its_clos
 #[tokio::test(flavor = "multi_thread")]
 async fn expect_continue_and_chunked_uploads_reach_the_app() {
     let a = backend("a").await;
-    let (address, _table, shutdown) = router(Routes::from([("app.localhost".to_owned(), a)])).await;
+    let (address, _table, shutdown) =
+        router(Routes::from([("app.localhost".to_owned(), a.into())])).await;
     let mut client = connect(address).await;
     client
         .write_all(b"PUT /up HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
@@ -436,7 +437,7 @@ async fn an_upgrade_becomes_a_tunnel() {
     })
     .await;
     let (address, _table, shutdown) =
-        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+        router(Routes::from([("app.localhost".to_owned(), app.into())])).await;
     let mut client = connect(address).await;
     client
         .write_all(b"GET /ws HTTP/1.1\r\nHost: app.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
@@ -466,7 +467,7 @@ async fn hostile_requests_are_refused_before_they_reach_the_app() {
     })
     .await;
     let (address, _table, shutdown) =
-        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+        router(Routes::from([("app.localhost".to_owned(), app.into())])).await;
     let huge = format!(
         "GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(70_000)
@@ -546,7 +547,7 @@ async fn http10_clients_and_head_requests_get_well_framed_answers() {
     })
     .await;
     let (address, _table, shutdown) =
-        router(Routes::from([("app.localhost".to_owned(), app)])).await;
+        router(Routes::from([("app.localhost".to_owned(), app.into())])).await;
     // HTTP/1.0 cannot read chunked coding: the body comes decoded, ended by the close.
     let mut client = connect(address).await;
     client
@@ -594,7 +595,7 @@ async fn shutdown_closes_idle_connections_and_finishes_busy_ones() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let table = RouteTable::default();
-    table.replace(Routes::from([("app.localhost".to_owned(), app)]));
+    table.replace(Routes::from([("app.localhost".to_owned(), app.into())]));
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(router::run(
         listener,

@@ -1,0 +1,187 @@
+//! The Docker driver against the real engine: where the router reaches a container, and that
+//! a stopped container's route can never reach the container that took its address.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bollard::Docker;
+use slipway_operator::Deployment;
+use slipway_operator::docker::{self, AppContainer};
+use slipway_operator::router::Target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An image that serves `$APP` on `$PORT`, and the containers made from it, removed on drop.
+struct Fixture {
+    image: String,
+    instance: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tag = format!("{:x}", std::process::id());
+        let image = format!("slipway-test/netns:{tag}");
+        let dockerfile = "FROM slipway-test/busybox:latest\n\
+            CMD mkdir -p /www && echo \"$APP\" > /www/index.html && exec httpd -f -p \"$PORT\" -h /www\n";
+        let mut build = Command::new("docker")
+            .args(["build", "-q", "-t", &image, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("docker build");
+        std::io::Write::write_all(
+            &mut build.stdin.take().expect("stdin"),
+            dockerfile.as_bytes(),
+        )
+        .expect("write the Dockerfile");
+        assert!(
+            build.wait().expect("docker build").success(),
+            "docker build"
+        );
+        Self {
+            image,
+            instance: format!("test{tag}"),
+        }
+    }
+
+    fn deployment(&self, release: &str, app: &str) -> Deployment {
+        Deployment {
+            webspace: "netns".to_owned(),
+            branch: "main".to_owned(),
+            label: "main".to_owned(),
+            release: release.to_owned(),
+            image: self.image.clone(),
+            port: 8080,
+            replicas: 1,
+            env: BTreeMap::from([
+                ("PORT".to_owned(), "8080".to_owned()),
+                ("APP".to_owned(), app.to_owned()),
+            ]),
+            hosts: vec!["netns.localhost".to_owned()],
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!(
+                "label={}={}",
+                docker::LABEL_INSTANCE,
+                self.instance
+            ))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// The body of `GET /` at `target`, or why there is none.
+async fn get(target: &Target) -> Result<String, String> {
+    let mut stream = target.connect().await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: netns.localhost\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or(response))
+}
+
+async fn start(docker: &Docker, fixture: &Fixture, release: &str, app: &str) -> AppContainer {
+    let container = docker::ensure(docker, &fixture.instance, &fixture.deployment(release, app))
+        .await
+        .expect("start the container");
+    docker::wait_ready(docker, &container, "/", Duration::from_secs(30))
+        .await
+        .expect("the app answers");
+    container
+}
+
+/// Tries this many times to see the engine hand a stopped container's address to the next
+/// container: other tests start containers too, and one of theirs may take it first.
+const ATTEMPTS: usize = 10;
+
+#[tokio::test]
+async fn a_stopped_containers_route_never_reaches_the_container_that_took_its_address() {
+    let docker = Docker::connect_with_local_defaults().expect("the engine");
+    let fixture = Fixture::new();
+    for attempt in 0..ATTEMPTS {
+        let first = start(&docker, &fixture, &format!("first-{attempt}"), "first").await;
+        let route = first.target.clone().expect("a route");
+        assert_eq!(get(&route).await.as_deref(), Ok("first\n"));
+        if !nix::unistd::geteuid().is_root() {
+            // Without the right to enter namespaces: the published port, never the bridge.
+            assert!(route.namespace.is_none());
+            assert!(route.address.ip().is_loopback(), "{route}");
+            return;
+        }
+        assert!(
+            route.namespace.is_some(),
+            "root reaches containers inside their namespace: {route}"
+        );
+        docker
+            .stop_container(
+                &first.id,
+                Some(bollard::query_parameters::StopContainerOptions {
+                    t: Some(1),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .expect("stop");
+        let second = start(&docker, &fixture, &format!("second-{attempt}"), "second").await;
+        let taken = second.target.clone().expect("a route");
+        if taken.address != route.address {
+            // Another test's container took the address: once more.
+            docker::remove(&docker, &first.id).await;
+            docker::remove(&docker, &second.id).await;
+            continue;
+        }
+        // From this host's network the old address now answers with the other app ...
+        assert_eq!(
+            get(&Target::from(route.address)).await.as_deref(),
+            Ok("second\n")
+        );
+        // ... but the first container's route fails (the router answers 502).
+        let answer = get(&route).await;
+        assert!(answer.is_err(), "{answer:?}");
+        assert_eq!(get(&taken).await.as_deref(), Ok("second\n"));
+        // A route is equal to another only when it reaches the same namespace: a kept backend
+        // connection of the first is never reused for the second.
+        assert_ne!(route, taken);
+        let again = docker::ensure(
+            &docker,
+            &fixture.instance,
+            &fixture.deployment(&format!("second-{attempt}"), "second"),
+        )
+        .await
+        .expect("the running container")
+        .target
+        .expect("a route");
+        assert_eq!(again, taken, "found again: the same namespace");
+        return;
+    }
+    panic!(
+        "in {ATTEMPTS} attempts the engine never gave a stopped container's address to the next one"
+    );
+}
