@@ -22,10 +22,15 @@
 #                      in rotating order; the median is reported       (3)
 #   BENCH_WARMUP       seconds of an unmeasured wrk run per target
 #                      before the rounds (0: none)                     (2)
-#   NGINX_WORKERS      worker_processes of the proxy nginx             (auto: one per CPU, as
-#                      Slipway's runtime has one worker thread per CPU)
+#   NGINX_WORKERS      worker_processes of the proxy nginx             (auto: one per CPU,
+#                      nginx's packaged default)
+#   ROUTER_THREADS     slipway up --router-threads                     (unset: Slipway's default,
+#                      half the CPUs)
 #   NGINX_REUSEPORT    1: `listen ... reuseport` (the kernel spreads
 #                      connections over the workers)                   (0: nginx's default)
+#   BENCH_REFERENCE    how nginx and the direct runs reach the app: bridge (the container's
+#                      bridge address) or published (its 127.0.0.1 port, through
+#                      docker-proxy)                                   (bridge)
 #   BENCH_TIMEOUT      seconds the push may take                       (300)
 #   BENCH_KEEP         1: keep the temporary directory                 (0)
 #
@@ -47,7 +52,9 @@ BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 NGINX_REUSEPORT=${NGINX_REUSEPORT:-0}
+ROUTER_THREADS=${ROUTER_THREADS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
+BENCH_REFERENCE=${BENCH_REFERENCE:-bridge}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BASE_IMAGE=slipway-test/busybox:latest
 WEBSPACE=bench
@@ -62,7 +69,15 @@ done
 [[ $BENCH_WARMUP =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a non-negative integer (got '$BENCH_WARMUP')"
 [[ $NGINX_WORKERS == auto || $NGINX_WORKERS =~ ^[1-9][0-9]*$ ]] || die "NGINX_WORKERS must be auto or a positive integer"
 [[ $NGINX_REUSEPORT == 0 || $NGINX_REUSEPORT == 1 ]] || die "NGINX_REUSEPORT must be 0 or 1"
+[[ -z $ROUTER_THREADS || $ROUTER_THREADS =~ ^[1-9][0-9]*$ ]] || die "ROUTER_THREADS must be a positive integer"
+ROUTER_ARGS=()
+ROUTER_THREADS_DESC="its default thread count, half the CPUs"
+if [[ -n $ROUTER_THREADS ]]; then
+    ROUTER_ARGS=(--router-threads "$ROUTER_THREADS")
+    ROUTER_THREADS_DESC="$ROUTER_THREADS threads"
+fi
 [[ $BENCH_BACKEND == nginx || $BENCH_BACKEND == busybox ]] || die "BENCH_BACKEND must be nginx or busybox"
+[[ $BENCH_REFERENCE == bridge || $BENCH_REFERENCE == published ]] || die "BENCH_REFERENCE must be bridge or published"
 ((BENCH_THREADS <= BENCH_CONNECTIONS)) || die "BENCH_THREADS must not exceed BENCH_CONNECTIONS"
 
 # The binary: relative paths are taken from the current directory, then from the repository root.
@@ -224,7 +239,7 @@ git config --global init.defaultBranch main
 
 # Images stay on the engine (no registry): the router's side of the benchmark does not need one.
 env -u SLIPWAY_REGISTRY "$SLIPWAY_BIN" up --data "$DATA" --ssh-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-    --domain localhost --shutdown-grace 5 </dev/null >"$T/slipway.out" 2>"$T/slipway.err" &
+    --domain localhost --shutdown-grace 5 "${ROUTER_ARGS[@]}" </dev/null >"$T/slipway.out" 2>"$T/slipway.err" &
 SLIPWAY_PID=$!
 SSH_PORT=
 ROUTER_PORT=
@@ -322,15 +337,25 @@ timeout -k 5 "$BENCH_TIMEOUT" git -C "$SRC" push "ssh://git@127.0.0.1:$SSH_PORT/
 wait $! || { cat "$T/log/push.log" >&2; die "the push failed (or took over ${BENCH_TIMEOUT}s)"; }
 grep -q "slipway: deployed " "$T/log/push.log" || { cat "$T/log/push.log" >&2; die "the push did not deploy the app"; }
 
-# The backend: the container Slipway started, at its published 127.0.0.1 port, where Slipway's
-# router reaches it (operator/src/docker.rs `reach`); nginx and the direct runs use the same
-# address, so all three take the same path, through Docker's userland docker-proxy.
+# The backend: the container Slipway started. Slipway's router reaches it from inside the
+# container's network namespace, at the container's own address (operator/src/docker.rs `reach`).
+# nginx and the direct runs cannot enter a namespace: by default they take the fastest path open to
+# them, the container's bridge address (what Dokku's nginx proxies to), with no docker-proxy;
+# BENCH_REFERENCE=published sends them through the published port and docker-proxy instead.
 ids=$(app_containers)
 (($(wc -w <<<"$ids") == 1)) || die "expected one container of $WEBSPACE, found: $(echo $ids)"
-ports=$(docker port "$ids")
-[[ $ports =~ ^([0-9]+)/tcp\ -\>\ 127\.0\.0\.1:([0-9]+) ]] || die "no published 127.0.0.1 port on container $ids ($ports)"
-BACKEND=127.0.0.1:${BASH_REMATCH[2]}
-BACKEND_PATH="its published port $BACKEND, through Docker's userland docker-proxy, as Slipway's router does"
+if [[ $BENCH_REFERENCE == bridge ]]; then
+    ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$ids" | awk '{ print $1 }')
+    ports=$(docker port "$ids")
+    [[ -n $ip && $ports =~ ^([0-9]+)/tcp ]] || die "no bridge address or port on container $ids"
+    BACKEND=$ip:${BASH_REMATCH[1]}
+    BACKEND_PATH="its bridge address $BACKEND (no docker-proxy); Slipway's router from inside the container's network namespace"
+else
+    ports=$(docker port "$ids")
+    [[ $ports =~ ^([0-9]+)/tcp\ -\>\ 127\.0\.0\.1:([0-9]+) ]] || die "no published 127.0.0.1 port on container $ids ($ports)"
+    BACKEND=127.0.0.1:${BASH_REMATCH[2]}
+    BACKEND_PATH="its published port $BACKEND, through Docker's userland docker-proxy; Slipway's router from inside the container's network namespace"
+fi
 say "backend: container $ids at $BACKEND"
 
 # ---------------------------------------------------------------------------------------------
@@ -584,8 +609,8 @@ ENGINE=$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?')
 notes=(
     "$SLIPWAY_VERSION ($SLIPWAY_BIN); proxy $PROXY_VERSION with worker_processes $NGINX_WORKERS; $WRK_VERSION; Docker engine $ENGINE; $(nproc) CPUs shared by wrk, the proxy, docker-proxy and the backend; load average $LOAD_START at the start, $LOAD_END at the end"
     "wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d${BENCH_DURATION}s --latency -H 'Host: $HOST', GET / ($BODY_BYTES-byte page); $BENCH_RUNS rounds, targets in rotating order, medians; ${BENCH_WARMUP}s unmeasured warm-up per target"
-    "backend: $BACKEND_DESC, deployed by \`git push\` to \`slipway up\` (the container's limits: 1 CPU, 512 MiB); all three targets reach it at $BACKEND_PATH"
-    "nginx: upstream keepalive 64, HTTP/1.1, Host and X-Forwarded-For/-Proto/-Host set, no access log, keepalive_requests 1000000 both ways$( ((NGINX_REUSEPORT)) && echo ', listen with reuseport' || true); slipway: \`slipway up\` router (its own HTTP/1.1 relay, a thread per CPU), which sets the same headers"
+    "backend: $BACKEND_DESC, deployed by \`git push\` to \`slipway up\` (the container's limits: 1 CPU, 512 MiB); nginx and the direct runs reach it at $BACKEND_PATH"
+    "nginx: upstream keepalive 64, HTTP/1.1, Host and X-Forwarded-For/-Proto/-Host set, no access log, keepalive_requests 1000000 both ways$( ((NGINX_REUSEPORT)) && echo ', listen with reuseport' || true); slipway: \`slipway up\` router (its own HTTP/1.1 relay, $ROUTER_THREADS_DESC), which sets the same headers"
     "proxy CPU per request (user + system of the proxy's processes during a run, over its requests; median of the rounds): nginx $(printf '%s' "${CPU[nginx]:-}" | median) us, slipway $(printf '%s' "${CPU[slipway]:-}" | median) us"
     "req/s samples: direct $(samples_of "${RPS[direct]:-}"); nginx $(samples_of "${RPS[nginx]:-}"); slipway $(samples_of "${RPS[slipway]:-}")"
     "p99 samples (ms): direct $(samples_of "${P99[direct]:-}"); nginx $(samples_of "${P99[nginx]:-}"); slipway $(samples_of "${P99[slipway]:-}")"

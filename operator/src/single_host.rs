@@ -256,6 +256,7 @@ async fn reconcile<S: Store>(
         .collect();
     let mut routes: Routes = HashMap::new();
     let mut serving: HashSet<String> = HashSet::new();
+    let mut live = Vec::new();
     for deployment in &wanted {
         let container = match docker::ensure(docker, &settings.instance, deployment).await {
             Ok(container) => container,
@@ -306,10 +307,14 @@ async fn reconcile<S: Store>(
         }
         serving.insert(deployment.release.clone());
         if let Some(release) = by_name.get(deployment.release.as_str()) {
-            set_phase(store, release, "Live", None, settings.url(deployment)).await?;
+            live.push((*release, settings.url(deployment)));
         }
     }
+    // Routed first: post-receive returns when it sees `Live`, and the app must answer then.
     table.replace(routes);
+    for (release, url) in live {
+        set_phase(store, release, "Live", None, url).await?;
+    }
     write_webspace_status(store, &webspaces, &releases, &wanted, &serving, settings).await?;
     // Removing images takes a while; a pass must stay quick so a promoted release is routed
     // at once, so pruning runs beside the passes, one at a time.
