@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -228,16 +227,15 @@ pub async fn ensure(
 fn reach(inspect: &bollard::models::ContainerInspectResponse, private: u16) -> Option<Target> {
     let settings = inspect.network_settings.as_ref();
     let inside = || {
-        let ip: IpAddr = settings?
-            .networks
-            .as_ref()?
-            .values()
-            .find_map(|endpoint| endpoint.ip_address.as_deref()?.parse().ok())?;
-        let pid = inspect.state.as_ref()?.pid?;
-        match Namespace::of_container(pid, inspect.id.as_deref()?) {
+        let endpoint = settings?.networks.as_ref()?.values().find_map(|endpoint| {
+            let ip = endpoint.ip_address.as_deref().filter(|ip| !ip.is_empty());
+            let ip = ip.or(endpoint.global_ipv6_address.as_deref());
+            ip?.parse::<IpAddr>().ok()
+        })?;
+        match Namespace::of_container(settings?.sandbox_key.as_deref()?) {
             Ok(namespace) => Some(Target {
-                address: SocketAddr::new(ip, private),
-                namespace: Some(Arc::new(namespace)),
+                address: SocketAddr::new(endpoint, private),
+                namespace: Some(namespace),
             }),
             Err(error) => {
                 tracing::debug!(%error, "using the published port");
@@ -383,17 +381,17 @@ mod tests {
 
     use super::*;
 
-    /// What the engine says about a running container at 172.17.0.5 whose first process is
-    /// `pid`, published on `published`.
-    fn inspect(pid: i64, published: Option<&str>) -> ContainerInspectResponse {
+    /// What the engine says about a running container at 172.17.0.5 whose namespace is the
+    /// file `sandbox_key`, published on `published`.
+    fn inspect(sandbox_key: &str, published: Option<&str>) -> ContainerInspectResponse {
         ContainerInspectResponse {
             id: Some("ab".repeat(32)),
             state: Some(ContainerState {
-                pid: Some(pid),
                 running: Some(true),
                 ..Default::default()
             }),
             network_settings: Some(NetworkSettings {
+                sandbox_key: Some(sandbox_key.to_owned()),
                 networks: Some(HashMap::from([(
                     "bridge".to_owned(),
                     EndpointSettings {
@@ -418,16 +416,22 @@ mod tests {
     #[test]
     fn without_its_namespace_a_container_is_reached_at_its_published_port_never_its_bridge_address()
     {
-        // This test's own process is not in the container: its namespace is refused.
-        let me = i64::from(std::process::id());
-        assert_eq!(
-            reach(&inspect(me, Some("32768")), 8080),
-            Some(Target::from(
-                "127.0.0.1:32768".parse::<SocketAddr>().expect("address")
-            )),
-            "a bridge address is handed to the next container when this one stops"
-        );
-        assert_eq!(reach(&inspect(me, None), 8080), None);
-        assert_eq!(reach(&inspect(0, Some("")), 8080), None);
+        let published = Some(Target::from(
+            "127.0.0.1:32768".parse::<SocketAddr>().expect("address"),
+        ));
+        // Gone (the container stopped), or this host's own: the published port.
+        for key in [
+            "/var/run/docker/netns/slipway-test-gone",
+            "/proc/self/ns/net",
+            "",
+        ] {
+            assert_eq!(
+                reach(&inspect(key, Some("32768")), 8080),
+                published,
+                "{key:?}: a bridge address is handed to the next container when this one stops"
+            );
+            assert_eq!(reach(&inspect(key, None), 8080), None);
+            assert_eq!(reach(&inspect(key, Some("")), 8080), None);
+        }
     }
 }

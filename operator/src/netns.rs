@@ -13,13 +13,17 @@
 //! it: connecting fails (a 502), and no other container can ever answer there, because a
 //! namespace is never handed to another container.
 //!
-//! This needs the rights to enter another network namespace (root, or `CAP_SYS_ADMIN`); without
-//! them [`Namespace::of_container`] fails and the caller uses the published port.
+//! The namespace is the one the engine itself names for the container (its sandbox key, a file
+//! under `/var/run/docker/netns/`), never one found through a process id, which could be reused
+//! by another process. Entering it needs `CAP_SYS_ADMIN` and the engine's view of the files
+//! (Slipway on the engine's host, not in a container of its own); without them
+//! [`Namespace::of_container`] fails and the caller uses the published port.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -40,57 +44,60 @@ impl PartialEq for Namespace {
 
 impl Eq for Namespace {}
 
-/// This process's own network namespace, where every thread is outside [`Namespace::enter`].
+/// This process's own network namespace, where every thread is outside [`Namespace::socket`].
 fn host() -> io::Result<&'static File> {
-    static HOST: OnceLock<Result<File, String>> = OnceLock::new();
-    HOST.get_or_init(|| {
-        // `thread-self`: the calling thread is outside `enter`, so this is the host's
-        // namespace (unlike `self`, the main thread's, it needs no assumption about it).
-        File::open("/proc/thread-self/ns/net").map_err(|e| format!("/proc/thread-self/ns/net: {e}"))
-    })
-    .as_ref()
-    .map_err(|e| io::Error::other(e.clone()))
-}
-
-/// Whether `id` looks like a container id the engine gives (hex, at least 12 digits): an empty
-/// or short one would match any process's control groups.
-fn is_container_id(id: &str) -> bool {
-    id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
+    static HOST: OnceLock<File> = OnceLock::new();
+    if let Some(file) = HOST.get() {
+        return Ok(file);
+    }
+    // `thread-self`: the calling thread is outside `socket`, so this is the host's namespace
+    // (unlike `self`, the main thread's, it needs no assumption about that thread). A failure
+    // (out of file descriptors, say) is not kept: the next call tries again.
+    let file = File::open("/proc/thread-self/ns/net")?;
+    Ok(HOST.get_or_init(|| file))
 }
 
 impl Namespace {
-    /// Opens the network namespace of process `pid`, which the engine reported as the first
-    /// process of container `id`.
+    /// Opens the network namespace the engine made for a container: `sandbox_key` as the
+    /// engine reports it (`NetworkSettings.SandboxKey`).
+    ///
+    /// A namespace still open elsewhere in this process is shared, not opened again, so the
+    /// router's tables hold one handle per container however often they are rebuilt.
     ///
     /// # Errors
-    /// When `pid` is not (or no longer) a process of that container as this process sees it
-    /// (it died and its number was reused, or the engine runs in another PID namespace), when
-    /// the namespace is this process's own, or when this process may not enter it.
-    pub fn of_container(pid: i64, id: &str) -> io::Result<Self> {
-        if pid <= 0 || !is_container_id(id) {
+    /// When the file is missing (the container stopped, or this process does not see the
+    /// engine's files), is not a network namespace, is this process's own, or when this process
+    /// may not enter it.
+    pub fn of_container(sandbox_key: &str) -> io::Result<Arc<Self>> {
+        static OPEN: Mutex<Vec<Weak<Namespace>>> = Mutex::new(Vec::new());
+        let path = Path::new(sandbox_key);
+        if !path.is_absolute() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("no process {pid} of container {id:?}"),
+                format!("not a namespace file: {sandbox_key:?}"),
             ));
         }
-        let file = File::open(format!("/proc/{pid}/ns/net"))?;
-        // Read after opening: if the process ran when the namespace was opened and still is
-        // the container's now, the namespace is the container's; a reused number fails here.
-        let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        if !groups.lines().any(|line| line.contains(id)) {
+        let found = Self::from_file(File::open(path)?)?;
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|weak| weak.strong_count() > 0);
+        if let Some(shared) = open
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|namespace| **namespace == found)
+        {
+            return Ok(shared);
+        }
+        if found == Self::from_file(host()?.try_clone()?)? {
             return Err(io::Error::other(format!(
-                "process {pid} is not in container {id}'s control groups"
+                "{sandbox_key} is this host's own network namespace"
             )));
         }
-        let namespace = Self::from_file(file)?;
-        if namespace == Self::from_file(host()?.try_clone()?)? {
-            return Err(io::Error::other(format!(
-                "container {id} shares this host's network namespace"
-            )));
-        }
-        // Once now, so a missing right shows here and not on every request.
-        namespace.enter(|| Ok(()))?;
-        Ok(namespace)
+        // Once now, so a file that is no network namespace, or a missing right, shows here and
+        // not on every request.
+        found.enter(|| Ok(()))?;
+        let found = Arc::new(found);
+        open.push(Arc::downgrade(&found));
+        Ok(found)
     }
 
     fn from_file(file: File) -> io::Result<Self> {
@@ -101,23 +108,40 @@ impl Namespace {
         })
     }
 
-    /// Runs `make` (which must not block) with this thread in the namespace: sockets it
-    /// creates belong to the namespace for their whole life.
+    /// A new TCP socket (IPv6 with `v6`) that belongs to this namespace for its whole life;
+    /// connecting it does not need to be inside.
     ///
     /// # Errors
-    /// When the namespace cannot be entered, or `make` fails.
-    pub fn enter<T>(&self, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    /// When the namespace cannot be entered or the socket not made.
+    pub fn socket(&self, v6: bool) -> io::Result<tokio::net::TcpSocket> {
+        self.enter(|| {
+            if v6 {
+                tokio::net::TcpSocket::new_v6()
+            } else {
+                tokio::net::TcpSocket::new_v4()
+            }
+        })
+    }
+
+    /// Runs `make` (which must not block) with this thread in the namespace.
+    fn enter<T>(&self, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        /// Returns the thread to the host's namespace however `make` ends, a panic included.
+        struct Return(&'static File);
+        impl Drop for Return {
+            fn drop(&mut self) {
+                if let Err(error) = setns(self.0, CloneFlags::CLONE_NEWNET) {
+                    // Every later socket of this thread (other apps' backends, the registry,
+                    // the engine) would be made in this container's namespace: stopping is
+                    // the only safe way out.
+                    eprintln!("slipway: cannot return to the host's network namespace: {error}");
+                    std::process::abort();
+                }
+            }
+        }
         let host = host()?;
         setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        let made = make();
-        if let Err(error) = setns(host, CloneFlags::CLONE_NEWNET) {
-            // Every later socket of this thread (other apps' backends, the registry, the
-            // engine) would be made in this container's namespace: stopping is the only
-            // safe way out.
-            eprintln!("slipway: cannot return to the host's network namespace: {error}");
-            std::process::abort();
-        }
-        made
+        let _return = Return(host);
+        make()
     }
 }
 
@@ -125,35 +149,39 @@ impl Namespace {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_process_outside_the_container_is_refused() {
-        let me = i64::from(std::process::id());
-        let error = Namespace::of_container(me, &"ab".repeat(32)).expect_err("not a container");
-        assert!(error.to_string().contains("control groups"), "{error}");
+    fn here() -> Namespace {
+        Namespace::from_file(File::open("/proc/thread-self/ns/net").expect("open")).expect("stat")
     }
 
     #[test]
-    fn ids_that_would_match_any_process_are_refused() {
-        let me = i64::from(std::process::id());
-        for id in ["", "0", "docker", "abc", "../../1"] {
-            let error = Namespace::of_container(me, id).expect_err(id);
-            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{id}");
+    fn files_that_are_no_other_network_namespace_are_refused() {
+        for key in ["", "var/run/docker/netns/abc", "../netns/abc"] {
+            let error = Namespace::of_container(key).expect_err(key);
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{key:?}");
         }
-        assert!(Namespace::of_container(0, &"ab".repeat(32)).is_err());
-        assert!(Namespace::of_container(-1, &"ab".repeat(32)).is_err());
+        let missing = Namespace::of_container("/var/run/docker/netns/slipway-test-missing")
+            .expect_err("missing");
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        // Not a namespace at all: entering it fails.
+        assert!(Namespace::of_container("/proc/self/cmdline").is_err());
+        let own = Namespace::of_container("/proc/self/ns/net").expect_err("own");
+        assert!(own.to_string().contains("own network namespace"), "{own}");
+        assert_eq!(here(), here(), "the same namespace, two handles");
     }
 
     #[test]
-    fn entering_comes_back_to_the_host() {
-        let before = Namespace::from_file(File::open("/proc/thread-self/ns/net").expect("open"))
-            .expect("stat");
-        let host =
-            Namespace::from_file(host().expect("host").try_clone().expect("dup")).expect("stat");
-        // The host's own namespace: entering it is allowed for root only, and either way the
-        // thread ends where it started.
-        let _ = host.enter(|| Ok(()));
-        let after = Namespace::from_file(File::open("/proc/thread-self/ns/net").expect("open"))
-            .expect("stat");
-        assert_eq!(before, after);
+    fn a_socket_made_in_a_namespace_leaves_the_thread_where_it_was() {
+        let before = here();
+        // This process's own namespace, entered directly (`of_container` refuses it): allowed
+        // with CAP_SYS_ADMIN only, and either way the thread ends where it started.
+        let _ = before.socket(false);
+        assert_eq!(here(), before);
+        if before.enter(|| Ok(())).is_ok() {
+            let result = std::panic::catch_unwind(|| {
+                let _ = before.enter(|| -> io::Result<()> { panic!("inside") });
+            });
+            assert!(result.is_err());
+            assert_eq!(here(), before, "back after a panic too");
+        }
     }
 }

@@ -77,13 +77,11 @@ impl Target {
     /// # Errors
     /// When the backend refuses or does not answer in time, or the namespace cannot be entered.
     pub async fn connect(&self) -> io::Result<TcpStream> {
-        let new = || match self.address {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        };
+        let v6 = self.address.is_ipv6();
         let socket = match &self.namespace {
-            Some(namespace) => namespace.enter(new)?,
-            None => new()?,
+            Some(namespace) => namespace.socket(v6)?,
+            None if v6 => TcpSocket::new_v6()?,
+            None => TcpSocket::new_v4()?,
         };
         tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(self.address))
             .await
