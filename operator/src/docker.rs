@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -233,12 +234,15 @@ fn reach(inspect: &bollard::models::ContainerInspectResponse, private: u16) -> O
             ip?.parse::<IpAddr>().ok()
         })?;
         match Namespace::of_container(settings?.sandbox_key.as_deref()?) {
-            Ok(namespace) => Some(Target {
-                address: SocketAddr::new(endpoint, private),
-                namespace: Some(namespace),
-            }),
+            Ok(namespace) => {
+                announce(Ok(()));
+                Some(Target {
+                    address: SocketAddr::new(endpoint, private),
+                    namespace: Some(namespace),
+                })
+            }
             Err(error) => {
-                tracing::debug!(%error, "using the published port");
+                announce(Err(&error));
                 None
             }
         }
@@ -253,6 +257,23 @@ fn reach(inspect: &bollard::models::ContainerInspectResponse, private: u16) -> O
             .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
         Some(Target::from(SocketAddr::from(([127, 0, 0, 1], published))))
     })
+}
+
+/// Logs how containers are reached (inside their namespaces, or else why not), once and again
+/// whenever that changes, so an operator sees whether the router goes through docker-proxy.
+fn announce(inside: Result<(), &std::io::Error>) {
+    static LAST: AtomicU8 = AtomicU8::new(0);
+    let now = if inside.is_ok() { 1 } else { 2 };
+    if LAST.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    match inside {
+        Ok(()) => tracing::info!("reaching app containers inside their network namespaces"),
+        Err(error) => tracing::info!(
+            %error,
+            "reaching app containers at their published ports, through docker-proxy: their network namespaces cannot be entered (that needs CAP_SYS_ADMIN on the engine's host)"
+        ),
+    }
 }
 
 /// One HTTP probe: the status code of `GET path`, if the app answered at all.
