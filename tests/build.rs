@@ -17,6 +17,8 @@ const BASE_IMAGE: &str = "slipway-test/busybox:latest";
 struct Site {
     world: World,
     name: String,
+    /// The server's `--registry`, if any.
+    registry: Option<String>,
 }
 
 impl Site {
@@ -27,6 +29,10 @@ impl Site {
     fn with_server(runtime: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let world = World::with(args, envs);
         let name = format!("site-{}", std::process::id());
+        let registry = args
+            .windows(2)
+            .find(|pair| pair[0] == "--registry")
+            .map(|pair| pair[1].to_owned());
         let runtime = runtime
             .map(|r| format!("  runtime: {r}\n"))
             .unwrap_or_default();
@@ -36,7 +42,31 @@ impl Site {
                 "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {name}\nspec:\n  customer: alice\n{runtime}"
             ),
         );
-        Self { world, name }
+        Self {
+            world,
+            name,
+            registry,
+        }
+    }
+
+    /// Ids of the local images of this webspace, under the server's registry or `slipway/`.
+    fn images(&self) -> Vec<String> {
+        let mut repositories = vec![format!("slipway/{}", self.name)];
+        repositories.extend(self.registry.iter().map(|r| format!("{r}/{}", self.name)));
+        let mut ids = Vec::new();
+        for repository in repositories {
+            if let Ok(output) = Command::new("docker")
+                .args(["image", "ls", "-q", &repository])
+                .output()
+            {
+                ids.extend(
+                    String::from_utf8_lossy(&output.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned),
+                );
+            }
+        }
+        ids
     }
 
     fn url(&self) -> String {
@@ -83,25 +113,12 @@ impl Site {
 
 impl Drop for Site {
     fn drop(&mut self) {
-        for repository in [
-            format!("{REGISTRY}/{}", self.name),
-            format!("slipway/{}", self.name),
-        ] {
-            let ids = Command::new("docker")
-                .args(["image", "ls", "-q", &repository])
+        let ids = self.images();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f"])
+                .args(&ids)
                 .output();
-            if let Ok(ids) = ids {
-                let ids = String::from_utf8_lossy(&ids.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker")
-                        .args(["rmi", "-f"])
-                        .args(&ids)
-                        .output();
-                }
-            }
         }
     }
 }
@@ -540,6 +557,11 @@ fn docker_or_registry_unreachable_gets_a_short_line_and_the_server_keeps_running
         stderr(&push)
     );
     assert!(rev_parse(&no_registry.repository(), "refs/heads/main").is_none());
+    assert_eq!(
+        no_registry.images(),
+        Vec::<String>::new(),
+        "the image built for the refused push is removed"
+    );
 
     let no_docker = Site::with_server(
         None,

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -225,6 +226,20 @@ fn a_release_that_does_not_start_is_rejected_and_the_old_one_keeps_serving() {
     assert!(said.contains("remote:   | cannot bind"), "{said}");
     assert_eq!(host.get(&host.name), (200, "good\n".to_owned()));
     assert_eq!(host.containers().len(), 1, "no stray container");
+    assert_eq!(host.images(), 1, "the refused release's image is removed");
+}
+
+/// Commits a Dockerfile whose app exits at start: a push of it is refused.
+fn commit_crashing_app(host: &Host, app: &Path) {
+    commit(
+        &host.alice,
+        app,
+        &[(
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\nCMD exit 3\n",
+        )],
+        "broken",
+    );
 }
 
 #[test]
@@ -234,15 +249,7 @@ fn a_push_refused_by_one_branch_leaves_nothing_of_the_others() {
     assert_ok(&host.push(&app, &["main"]));
     commit(&host.alice, &app, &[("index.html", "a\n")], "a");
     assert_ok(&host.alice.git(&app, &["branch", "a-good"]));
-    commit(
-        &host.alice,
-        &app,
-        &[(
-            "Dockerfile",
-            "FROM slipway-test/busybox:latest\nCMD exit 3\n",
-        )],
-        "broken",
-    );
+    commit_crashing_app(&host, &app);
     let push = host.push(&app, &["a-good", "HEAD:refs/heads/b-broken"]);
     let said = stderr(&push);
     assert!(!push.status.success(), "{said}");
@@ -252,6 +259,7 @@ fn a_push_refused_by_one_branch_leaves_nothing_of_the_others() {
         "a-good is staged and started before b-broken fails: {said}"
     );
     assert_eq!(host.containers().len(), 1, "only main's container is left");
+    assert_eq!(host.images(), 1, "only main's image is left");
     let releases: Vec<String> = std::fs::read_dir(host.scratch.data().join("resources/releases"))
         .expect("releases")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -263,6 +271,30 @@ fn a_push_refused_by_one_branch_leaves_nothing_of_the_others() {
     );
     assert_eq!(host.get(&format!("a-good.{}", host.name)).0, 404);
     assert_eq!(host.get(&host.name), (200, "good\n".to_owned()));
+}
+
+#[test]
+fn a_refused_push_keeps_the_images_it_found_built() {
+    let host = Host::new();
+    let app = site(&host, "kept\n");
+    assert_ok(&host.push(&app, &["main"]));
+    let main = host.alice.git(&app, &["rev-parse", "HEAD"]);
+    let main = String::from_utf8_lossy(&main.stdout).trim().to_owned();
+    commit_crashing_app(&host, &app);
+    // `copy` has main's tree, built before: it is reused, and stays after the refusal.
+    let push = host.push(
+        &app,
+        &[&format!("{main}:refs/heads/copy"), "HEAD:refs/heads/broken"],
+    );
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(said.contains("was built before; reusing"), "{said}");
+    assert_eq!(host.images(), 1, "main's image is still there");
+    assert_eq!(host.get(&host.name), (200, "kept\n".to_owned()));
+    // And a later push of that tree still finds it built.
+    let again = host.push(&app, &[&format!("{main}:refs/heads/copy")]);
+    assert_ok(&again);
+    assert!(stderr(&again).contains("was built before; reusing"));
 }
 
 #[test]

@@ -157,7 +157,8 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     let mut built = Vec::new();
     for plan in plans {
         let image = format!("{repository}:{}", plan.tag);
-        if build::exists(&docker, &image).await {
+        let fresh = !build::exists(&docker, &image).await;
+        if !fresh {
             reporter.say(&format!(
                 "slipway: `{}` ({}): tree {} was built before; reusing `{image}`",
                 plan.branch,
@@ -190,6 +191,7 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
                 Err(build::BuildError::Failed { step, message, .. }) => {
                     let at = step.map(|s| format!(" at `{s}`")).unwrap_or_default();
                     reporter.error(&format!("building `{}` failed{at}: {message}", plan.branch), Some("fix the Dockerfile (or the app) and push again; `docker build .` reproduces it locally"));
+                    discard(&store, &docker, &built, reporter).await;
                     return Err(());
                 }
                 Err(build::BuildError::TimedOut(limit)) => {
@@ -201,10 +203,12 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
                         ),
                         Some("make the build faster (cache dependencies in an early layer)"),
                     );
+                    discard(&store, &docker, &built, reporter).await;
                     return Err(());
                 }
                 Err(e @ build::BuildError::Engine(_)) => {
                     reporter.failure("the build service failed; try again later", &e);
+                    discard(&store, &docker, &built, reporter).await;
                     return Err(());
                 }
             }
@@ -215,6 +219,7 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             tree: plan.tree,
             tag: plan.tag,
             image,
+            fresh,
         });
     }
     // Everything this push staged so far: a later refusal (another branch that does not start,
@@ -233,6 +238,7 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
         .await;
         if result.is_err() {
             withdraw(config, &store, &docker, &recorded, reporter).await;
+            discard(&store, &docker, &built, reporter).await;
             return Err(());
         }
     }
@@ -246,6 +252,8 @@ struct Built {
     tree: String,
     tag: String,
     image: String,
+    /// Built by this push (not found built): a refused push removes it again.
+    fresh: bool,
 }
 
 /// Pushes one branch's image and records its staged Release (its name goes to `recorded` at
@@ -321,6 +329,45 @@ async fn withdraw(
         if let Err(error) = store.delete::<Release>(name).await {
             reporter.log(&format!(
                 "cannot withdraw the staged release `{name}`: {error}"
+            ));
+        }
+    }
+}
+
+/// Removes the images a refused push built, so refused pushes do not fill the disk (the
+/// operator prunes only images of Releases, and a refused push leaves none). An image some
+/// Release uses (the same tree pushed meanwhile) stays, and so does one a container still uses:
+/// the engine refuses to remove it. The build cache keeps the layers, so pushing again is quick.
+async fn discard(store: &AnyStore, docker: &bollard::Docker, built: &[Built], reporter: &Reporter) {
+    let fresh: Vec<&Built> = built.iter().filter(|b| b.fresh).collect();
+    if fresh.is_empty() {
+        return;
+    }
+    let in_use: Vec<String> = match store.list::<Release>().await {
+        Ok(releases) => releases.into_iter().map(|r| r.spec.image).collect(),
+        Err(error) => {
+            reporter.log(&format!("cannot list releases; built images kept: {error}"));
+            return;
+        }
+    };
+    for built in fresh {
+        let used = in_use
+            .iter()
+            .any(|image| image == &built.image || image.starts_with(&format!("{}@", built.image)));
+        if used {
+            continue;
+        }
+        if let Err(error) = docker
+            .remove_image(
+                &built.image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            reporter.log(&format!(
+                "cannot remove the image `{}`: {error}",
+                built.image
             ));
         }
     }
