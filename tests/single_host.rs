@@ -379,6 +379,64 @@ fn restarting_up_keeps_apps_serving_without_duplicates_even_after_the_customer_l
 }
 
 #[test]
+fn a_release_left_staged_by_a_push_the_server_stopped_is_failed_and_removed_after_a_restart() {
+    let mut host = Host::new();
+    drop(host.server.take());
+    host.server = Some(Server::up(
+        &host.scratch.data(),
+        &["--drain", "1", "--shutdown-grace", "1"],
+    ));
+    let app = host.scratch.path("app");
+    // Starts, never answers: pre-receive waits for it while its Release is `Staged`.
+    work_tree(
+        &host.alice,
+        &app,
+        &[(
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\nCMD exec sleep 600\n",
+        )],
+    );
+    let url = host.server().url(&format!("{}.git", host.name));
+    let push = host
+        .alice
+        .git_command(&app, &["push", &url, "main"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("push");
+    wait_for(
+        "the release to start unrouted",
+        Duration::from_secs(60),
+        || host.containers().len() == 1,
+    );
+    let server = host.server.take().expect("server");
+    server.terminate();
+    server.wait_stopped();
+    let pushed = push.wait_with_output().expect("push");
+    assert!(!pushed.status.success());
+    assert_eq!(host.containers().len(), 1, "left behind by the killed push");
+
+    host.server = Some(Server::up(&host.scratch.data(), &["--drain", "1"]));
+    wait_for(
+        "the abandoned release's container to go",
+        Duration::from_secs(30),
+        || host.containers().is_empty(),
+    );
+    let releases = host.scratch.data().join("resources/releases");
+    let entries: Vec<_> = std::fs::read_dir(&releases)
+        .expect("releases")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].contains("phase: Failed")
+            && entries[0].contains("its push did not finish: the server stopped during it"),
+        "{}",
+        entries[0]
+    );
+    assert_eq!(host.get(&host.name).0, 404, "nothing was ever deployed");
+}
+
+#[test]
 fn a_stopped_backend_gives_502_until_the_operator_restarts_it() {
     let host = Host::new();
     let app = site(&host, "back\n");

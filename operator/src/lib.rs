@@ -6,6 +6,8 @@
 
 pub mod desired;
 pub mod docker;
+#[cfg(test)]
+mod fixtures;
 pub mod hosts;
 pub mod kubernetes;
 pub mod metrics;

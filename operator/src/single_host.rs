@@ -58,12 +58,19 @@ impl Settings {
     }
 }
 
-#[derive(Default)]
+/// How long a Release may stay `Staged`: a push stages it after its build, then only pushes the
+/// image and waits for the health check before git moves the ref and promotes it. One staged
+/// longer was left by a push that never finished.
+pub const STAGED_LIMIT: Duration = Duration::from_secs(3600);
+
 struct State {
     healthy: HashSet<String>,
     removing: HashSet<String>,
     /// A prune runs in the background; passes do not wait for it (or start another).
     pruning: bool,
+    /// When this loop started: a Release staged before then belongs to a push of an earlier
+    /// server process, which cannot finish any more.
+    started: k8s_openapi::jiff::Timestamp,
 }
 
 /// Runs until `shutdown`.
@@ -74,7 +81,12 @@ pub async fn run<S: Store>(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let state = Arc::new(Mutex::new(State::default()));
+    let state = Arc::new(Mutex::new(State {
+        healthy: HashSet::new(),
+        removing: HashSet::new(),
+        pruning: false,
+        started: k8s_openapi::jiff::Timestamp::now(),
+    }));
     let mut changes = store.changes();
     loop {
         if let Err(error) = reconcile(&store, &docker, &table, &settings, &state).await {
@@ -90,6 +102,22 @@ pub async fn run<S: Store>(
             () = tokio::time::sleep(RECHECK) => {}
         }
     }
+}
+
+/// Why a `Staged` Release can no longer be promoted, if it cannot: it was staged before this
+/// server started, or longer ago than [`STAGED_LIMIT`].
+fn abandoned(
+    release: &Release,
+    started: k8s_openapi::jiff::Timestamp,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<&'static str> {
+    let pushed = release.pushed_at()?;
+    if pushed < started {
+        return Some("its push did not finish: the server stopped during it");
+    }
+    let limit = k8s_openapi::jiff::SignedDuration::try_from(STAGED_LIMIT).ok()?;
+    (now.duration_since(pushed) > limit)
+        .then_some("its push did not finish within an hour of staging it")
 }
 
 /// Errors of one pass.
@@ -353,6 +381,18 @@ async fn reconcile<S: Store>(
             .await?;
         }
     }
+    // Releases left `Staged` by a push that died (the server stopped during it) fail, so their
+    // containers go below instead of waiting forever for a promotion.
+    let started = state.lock().await.started;
+    for release in &releases {
+        if release.phase() != "Staged" {
+            continue;
+        }
+        if let Some(reason) = abandoned(release, started, k8s_openapi::jiff::Timestamp::now()) {
+            tracing::info!(release = ?release.metadata.name, reason, "abandoned release failed");
+            set_phase(store, release, "Failed", Some(reason.to_owned()), None).await?;
+        }
+    }
     // Containers that serve nothing wanted stop after the drain delay. A release's container
     // that is staged (started by pre-receive) or promoted but not routed yet is left alone.
     // The Releases are read again *after* listing the containers: the hook records a Release
@@ -391,4 +431,47 @@ async fn reconcile<S: Store>(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn staged_at(at: &str) -> Release {
+        let mut release = Release::new("r", crate::fixtures::release_spec());
+        release.metadata.annotations = Some(
+            [(
+                slipway_api::resources::PUSHED_AT_ANNOTATION.to_owned(),
+                at.to_owned(),
+            )]
+            .into(),
+        );
+        release
+    }
+
+    #[test]
+    fn a_staged_release_is_abandoned_when_older_than_the_server_or_the_limit() {
+        let at = |t: &str| t.parse::<Timestamp>().expect("time");
+        let started = at("2026-12-01T10:00:00Z");
+        let now = at("2026-12-01T10:30:00Z");
+        assert_eq!(
+            abandoned(&staged_at("2026-12-01T10:00:01Z"), started, now),
+            None,
+            "a push of this server, still within the limit"
+        );
+        assert!(
+            abandoned(&staged_at("2026-12-01T09:59:59Z"), started, now)
+                .is_some_and(|r| r.contains("the server stopped during it"))
+        );
+        let later = at("2026-12-01T11:00:02Z");
+        assert!(
+            abandoned(&staged_at("2026-12-01T10:00:01Z"), started, later)
+                .is_some_and(|r| r.contains("within an hour"))
+        );
+        // Without any time it is left alone.
+        let undated = Release::new("u", crate::fixtures::release_spec());
+        assert_eq!(abandoned(&undated, started, later), None);
+    }
 }

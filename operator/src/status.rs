@@ -169,17 +169,7 @@ mod tests {
     }
 
     fn release(name: &str, phase: &str) -> Release {
-        let mut release = Release::new(
-            name,
-            slipway_api::ReleaseSpec {
-                webspace: "blog".into(),
-                branch: "main".into(),
-                commit: "c".into(),
-                tree: "t".into(),
-                image: "i".into(),
-                pusher: "p".into(),
-            },
-        );
+        let mut release = Release::new(name, crate::fixtures::release_spec());
         release.status = Some(ReleaseStatus {
             phase: Some(phase.into()),
             reason: Some("crashed".into()),
