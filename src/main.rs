@@ -154,6 +154,10 @@ struct UpArgs {
     /// Seconds an old release keeps running after traffic moved away from it.
     #[arg(long, default_value_t = 2)]
     drain: u64,
+    /// Seconds between the operator's full passes when nothing changed (resource changes and
+    /// container starts and stops start a pass at once).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    recheck: u64,
     /// Threads of the HTTP router (default: half the CPUs, at least one; the apps behind it
     /// need CPU too).
     #[arg(long, env = env::ROUTER_THREADS)]
@@ -289,6 +293,7 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
             health_timeout: Duration::from_secs(args.health_timeout),
             drain: Duration::from_secs(args.drain),
             instance: String::new(),
+            recheck: Duration::from_secs(args.recheck),
         },
     }
 }

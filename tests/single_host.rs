@@ -23,6 +23,11 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
+        Self::with(&["--drain", "1"])
+    }
+
+    /// With `slipway up ARGS` as its server.
+    fn with(args: &[&str]) -> Self {
         let scratch = Scratch::new();
         let key = keygen(&scratch, "alice");
         let name = format!("web-{}", std::process::id());
@@ -30,7 +35,7 @@ impl Host {
             &scratch.data(),
             &(customer_yaml("alice", &[&key]) + &webspace_yaml(&name, "alice")),
         );
-        let server = Server::up(&scratch.data(), &["--drain", "1"]);
+        let server = Server::up(&scratch.data(), args);
         Self {
             scratch,
             server: Some(server),
@@ -380,12 +385,7 @@ fn restarting_up_keeps_apps_serving_without_duplicates_even_after_the_customer_l
 
 #[test]
 fn a_release_left_staged_by_a_push_the_server_stopped_is_failed_and_removed_after_a_restart() {
-    let mut host = Host::new();
-    drop(host.server.take());
-    host.server = Some(Server::up(
-        &host.scratch.data(),
-        &["--drain", "1", "--shutdown-grace", "1"],
-    ));
+    let mut host = Host::with(&["--drain", "1", "--shutdown-grace", "1"]);
     let app = host.scratch.path("app");
     // Starts, never answers: pre-receive waits for it while its Release is `Staged`.
     work_tree(
@@ -434,6 +434,40 @@ fn a_release_left_staged_by_a_push_the_server_stopped_is_failed_and_removed_afte
         entries[0]
     );
     assert_eq!(host.get(&host.name).0, 404, "nothing was ever deployed");
+}
+
+#[test]
+fn a_container_the_engine_restarts_is_routed_again_without_waiting_for_a_periodic_pass() {
+    // No periodic pass during the test: only the engine's events can bring the route back.
+    let host = Host::with(&["--drain", "1", "--recheck", "3600"]);
+    let app = site(&host, "again\n");
+    assert_ok(&host.push(&app, &["main"]));
+    let before = host.containers();
+    assert_eq!(before.len(), 1);
+    // The app crashes (the init process passes SIGTERM on; httpd exits): the engine restarts
+    // the container under its restart policy, with a new network namespace and published
+    // port, so the old route leads nowhere.
+    assert_ok(
+        &Command::new("docker")
+            .args(["exec", &before[0], "kill", "-TERM", "1"])
+            .output()
+            .expect("docker exec"),
+    );
+    wait_for(
+        "the restarted container to be routed",
+        Duration::from_secs(30),
+        || host.get(&host.name) == (200, "again\n".to_owned()),
+    );
+    assert_eq!(
+        host.containers(),
+        before,
+        "the engine's restart is kept, not replaced"
+    );
+    let restarts = Command::new("docker")
+        .args(["inspect", "-f", "{{.RestartCount}}", &before[0]])
+        .output()
+        .expect("docker inspect");
+    assert_eq!(String::from_utf8_lossy(&restarts.stdout).trim(), "1");
 }
 
 #[test]

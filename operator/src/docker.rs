@@ -77,6 +77,8 @@ pub struct AppContainer {
     pub target: Option<Target>,
     /// Whether it is running.
     pub running: bool,
+    /// Whether the engine is restarting it (its restart policy, after it exited).
+    pub restarting: bool,
 }
 
 /// The container name of a release: release names are DNS labels, unique per release within
@@ -123,6 +125,10 @@ pub async fn list(
                     c.state,
                     Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
                 ),
+                restarting: matches!(
+                    c.state,
+                    Some(bollard::models::ContainerSummaryStateEnum::RESTARTING)
+                ),
             })
         })
         .collect())
@@ -137,14 +143,25 @@ pub async fn ensure(
     instance: &str,
     deployment: &Deployment,
 ) -> Result<AppContainer, bollard::errors::Error> {
-    if let Some(mut existing) = list(docker, instance)
+    let mine: Vec<AppContainer> = list(docker, instance)
         .await?
         .into_iter()
-        .find(|c| c.release == deployment.release && c.running && c.target.is_some())
+        .filter(|c| c.release == deployment.release)
+        .collect();
+    if let Some(mut existing) = mine
+        .iter()
+        .find(|c| c.running && c.target.is_some())
+        .cloned()
     {
         let inspect = docker.inspect_container(&existing.id, None).await?;
         existing.target = reach(&inspect, deployment.port);
         return Ok(existing);
+    }
+    // The engine brings it back itself (its restart policy, after a crash): replacing it would
+    // throw away its logs; it is reachable again once it runs.
+    if let Some(mut restarting) = mine.into_iter().find(|c| c.restarting) {
+        restarting.target = None;
+        return Ok(restarting);
     }
     let name = container_name(instance, &deployment.release);
     // A stopped or half-created container of this release is replaced.
@@ -212,6 +229,7 @@ pub async fn ensure(
         branch: deployment.label.clone(),
         release: deployment.release.clone(),
         running: true,
+        restarting: false,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The single-host operator loop: makes the containers and the router's table match the
-//! desired state, on every store change and every [`RECHECK`].
+//! desired state, on every store change, every start or stop of one of its containers (the
+//! engine's events), and every [`Settings::recheck`].
 //!
 //! # Guarantees
 //! - Level-based: each pass compares what should run with the containers found by their labels,
@@ -14,10 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
+use futures_util::StreamExt;
 use slipway_api::resources::{BranchStatus, ReleaseStatus};
 use slipway_api::{Release, Runtime, Webspace};
 use slipway_store::{Store, StoreError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::{Deployment, desired};
@@ -25,8 +27,8 @@ use crate::docker;
 use crate::hosts::Hosts;
 use crate::router::{RouteTable, Routes};
 
-/// Full pass even without a change notification: catches containers that died or were removed
-/// behind Slipway's back.
+/// Full pass even without a change notification: catches what the engine's events missed
+/// (containers removed behind Slipway's back while the event stream was down, say).
 pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// How the loop behaves.
@@ -46,6 +48,8 @@ pub struct Settings {
     pub drain: Duration,
     /// This installation's id ([`docker::instance`] of the data directory).
     pub instance: String,
+    /// Time between full passes without any change ([`RECHECK`] by default).
+    pub recheck: Duration,
 }
 
 impl Settings {
@@ -57,6 +61,10 @@ impl Settings {
             .map(|host| format!("{}{host}{}", self.url_scheme, self.url_port))
     }
 }
+
+/// Time until the next pass after one that could not reach every wanted container (the
+/// engine was starting or stopping one).
+const UNSETTLED: Duration = Duration::from_secs(1);
 
 /// How long a Release may stay `Staged`: a push stages it after its build, then only pushes the
 /// image and waits for the health check before git moves the ref and promotes it. One staged
@@ -88,18 +96,77 @@ pub async fn run<S: Store>(
         started: k8s_openapi::jiff::Timestamp::now(),
     }));
     let mut changes = store.changes();
+    let engine = Arc::new(Notify::new());
+    tokio::spawn(watch_engine(
+        docker.clone(),
+        settings.instance.clone(),
+        engine.clone(),
+        shutdown.clone(),
+    ));
     loop {
-        if let Err(error) = reconcile(&store, &docker, &table, &settings, &state).await {
-            tracing::warn!(%error, "reconcile failed; retrying");
-        }
+        let next = match reconcile(&store, &docker, &table, &settings, &state).await {
+            Ok(true) => settings.recheck,
+            Ok(false) => UNSETTLED.min(settings.recheck),
+            Err(error) => {
+                tracing::warn!(%error, "reconcile failed; retrying");
+                settings.recheck
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = changes.recv() => {
-                // Coalesce a burst of changes into one pass.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while changes.try_recv().is_ok() {}
+            _ = changes.recv() => {}
+            () = engine.notified() => {}
+            () = tokio::time::sleep(next) => continue,
+        }
+        // Coalesce a burst of changes into one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while changes.try_recv().is_ok() {}
+    }
+}
+
+/// Pokes `engine` whenever one of this installation's containers starts or stops: a container
+/// the engine restarted (its restart policy, after a crash) has a new address and network
+/// namespace, and its route must follow at once, not at the next periodic pass.
+async fn watch_engine(
+    docker: Docker,
+    instance: String,
+    engine: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let filters = HashMap::from([
+        ("type".to_owned(), vec!["container".to_owned()]),
+        (
+            "label".to_owned(),
+            vec![format!("{}={instance}", docker::LABEL_INSTANCE)],
+        ),
+        (
+            "event".to_owned(),
+            vec!["start".to_owned(), "die".to_owned()],
+        ),
+    ]);
+    loop {
+        let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = events.next() => match event {
+                    Some(Ok(_)) => engine.notify_one(),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "engine events ended");
+                        break;
+                    }
+                    None => break,
+                },
             }
-            () = tokio::time::sleep(RECHECK) => {}
+        }
+        // The engine went away (or restarted): listen again shortly; a pass then catches up
+        // with what happened meanwhile.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => engine.notify_one(),
         }
     }
 }
@@ -273,7 +340,7 @@ async fn reconcile<S: Store>(
     table: &RouteTable,
     settings: &Settings,
     state: &Arc<Mutex<State>>,
-) -> Result<(), ReconcileError> {
+) -> Result<bool, ReconcileError> {
     let webspaces = store.list::<Webspace>().await?;
     let releases = store.list::<Release>().await?;
     let runtimes = store.list::<Runtime>().await?;
@@ -285,15 +352,33 @@ async fn reconcile<S: Store>(
     let mut routes: Routes = HashMap::new();
     let mut serving: HashSet<String> = HashSet::new();
     let mut live = Vec::new();
+    let mut settled = true;
+    // A deployment whose container cannot be reached this pass (the engine is starting or
+    // stopping it, or refused) keeps its routes, so its hosts answer 502 rather than 404
+    // ("nothing deployed"), and another pass follows soon.
+    let previous = table.snapshot();
+    // Its container is not removed either: the engine may be restarting it.
+    let mut unreached: HashSet<String> = HashSet::new();
+    let mut keep = |deployment: &Deployment, routes: &mut Routes| {
+        for host in &deployment.hosts {
+            if let Some(target) = previous.get(host) {
+                routes.insert(host.clone(), target.clone());
+            }
+        }
+        unreached.insert(deployment.release.clone());
+        settled = false;
+    };
     for deployment in &wanted {
         let container = match docker::ensure(docker, &settings.instance, deployment).await {
             Ok(container) => container,
             Err(error) => {
                 tracing::warn!(release = %deployment.release, %error, "cannot start container");
+                keep(deployment, &mut routes);
                 continue;
             }
         };
         let Some(target) = container.target.clone() else {
+            keep(deployment, &mut routes);
             continue;
         };
         let known = state.lock().await.healthy.contains(&deployment.release);
@@ -407,7 +492,10 @@ async fn reconcile<S: Store>(
         .filter_map(|r| r.metadata.name)
         .collect();
     for container in containers {
-        if serving.contains(&container.release) || pending.contains(&container.release) {
+        if serving.contains(&container.release)
+            || pending.contains(&container.release)
+            || unreached.contains(&container.release)
+        {
             continue;
         }
         let mut guard = state.lock().await;
@@ -430,7 +518,7 @@ async fn reconcile<S: Store>(
             tracing::info!(release = %container.release, "old container removed");
         });
     }
-    Ok(())
+    Ok(settled)
 }
 
 #[cfg(test)]
