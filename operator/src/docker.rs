@@ -143,15 +143,29 @@ pub async fn ensure(
     instance: &str,
     deployment: &Deployment,
 ) -> Result<AppContainer, bollard::errors::Error> {
-    let mine: Vec<AppContainer> = list(docker, instance)
-        .await?
-        .into_iter()
+    let containers = list(docker, instance).await?;
+    ensure_among(docker, instance, deployment, &containers).await
+}
+
+/// [`ensure`], with the installation's containers as [`list`] gave them (a pass over many
+/// deployments lists them once).
+///
+/// # Errors
+/// When the engine refuses.
+pub async fn ensure_among(
+    docker: &Docker,
+    instance: &str,
+    deployment: &Deployment,
+    containers: &[AppContainer],
+) -> Result<AppContainer, bollard::errors::Error> {
+    let mine: Vec<&AppContainer> = containers
+        .iter()
         .filter(|c| c.release == deployment.release)
         .collect();
     if let Some(mut existing) = mine
         .iter()
         .find(|c| c.running && c.target.is_some())
-        .cloned()
+        .map(|c| (*c).clone())
     {
         let inspect = docker.inspect_container(&existing.id, None).await?;
         existing.target = reach(&inspect, deployment.port);
@@ -159,9 +173,11 @@ pub async fn ensure(
     }
     // The engine brings it back itself (its restart policy, after a crash): replacing it would
     // throw away its logs; it is reachable again once it runs.
-    if let Some(mut restarting) = mine.into_iter().find(|c| c.restarting) {
-        restarting.target = None;
-        return Ok(restarting);
+    if let Some(restarting) = mine.into_iter().find(|c| c.restarting) {
+        return Ok(AppContainer {
+            target: None,
+            ..restarting.clone()
+        });
     }
     let name = container_name(instance, &deployment.release);
     // A stopped or half-created container of this release is replaced.

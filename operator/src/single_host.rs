@@ -368,15 +368,17 @@ async fn reconcile<S: Store>(
         unreached.insert(deployment.release.clone());
         settled = false;
     };
+    let containers = docker::list(docker, &settings.instance).await?;
     for deployment in &wanted {
-        let container = match docker::ensure(docker, &settings.instance, deployment).await {
-            Ok(container) => container,
-            Err(error) => {
-                tracing::warn!(release = %deployment.release, %error, "cannot start container");
-                keep(deployment, &mut routes);
-                continue;
-            }
-        };
+        let container =
+            match docker::ensure_among(docker, &settings.instance, deployment, &containers).await {
+                Ok(container) => container,
+                Err(error) => {
+                    tracing::warn!(release = %deployment.release, %error, "cannot start container");
+                    keep(deployment, &mut routes);
+                    continue;
+                }
+            };
         let Some(target) = container.target.clone() else {
             keep(deployment, &mut routes);
             continue;
