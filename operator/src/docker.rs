@@ -9,6 +9,7 @@
 //! rootless engine, say) they use the published port.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
 };
 use futures_util::StreamExt;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::desired::Deployment;
@@ -46,6 +48,117 @@ pub fn instance(data: &std::path::Path) -> String {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{:012x}", hash & 0xffff_ffff_ffff)
+}
+
+/// The engine network every app container joins: a bridge on which containers cannot reach
+/// each other (`enable_icc=false`), so one customer's app cannot connect to another's behind
+/// the router (Docker's default bridge lets them). One network for every installation on the
+/// engine: networks come from a small address pool (about 30 by default).
+pub const NETWORK: &str = "slipway-apps";
+/// The network option that isolates its containers from each other.
+const NO_ICC: (&str, &str) = ("com.docker.network.bridge.enable_icc", "false");
+
+/// The id of [`NETWORK`], made if it does not exist yet.
+///
+/// Engines before API 1.44 make a second network of the same name when two callers create it
+/// at once (two installations, or two pushes, on a fresh engine): then every caller keeps the
+/// one with the smallest id and removes the others, so all agree, and containers join by id.
+///
+/// # Errors
+/// When the engine refuses, or a network of that name lets its containers reach each other.
+pub async fn network(docker: &Docker) -> Result<String, bollard::errors::Error> {
+    let mut found = networks_named(docker).await?;
+    // Made once per engine: under a lock every Slipway process on this host takes, so two never
+    // make it at once (the engine would keep both, and refuse containers on an ambiguous name).
+    let _lock = if found.len() == 1 {
+        None
+    } else {
+        let lock = creation_lock().await?;
+        found = networks_named(docker).await?;
+        Some(lock)
+    };
+    if found.is_empty() {
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: NETWORK.to_owned(),
+                driver: Some("bridge".to_owned()),
+                options: Some(HashMap::from([(NO_ICC.0.to_owned(), NO_ICC.1.to_owned())])),
+                labels: Some(HashMap::from([(
+                    "dev.slipway.network".to_owned(),
+                    "apps".to_owned(),
+                )])),
+                ..Default::default()
+            })
+            .await?;
+        found = networks_named(docker).await?;
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut found = found.into_iter();
+    let kept = found
+        .next()
+        .ok_or_else(|| bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: format!("the network `{NETWORK}` vanished after it was made"),
+        })?;
+    for duplicate in found.filter_map(|n| n.id) {
+        let _ = docker.remove_network(&duplicate).await;
+    }
+    let isolating = kept
+        .options
+        .as_ref()
+        .and_then(|o| o.get(NO_ICC.0))
+        .map(String::as_str)
+        == Some(NO_ICC.1);
+    if !isolating {
+        return Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message: format!(
+                "the network `{NETWORK}` lets its containers reach each other; remove it (`docker network rm {NETWORK}`) so Slipway makes it with {}={}",
+                NO_ICC.0, NO_ICC.1
+            ),
+        });
+    }
+    kept.id
+        .ok_or_else(|| bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: format!("the network `{NETWORK}` has no id"),
+        })
+}
+
+/// The lock held while [`NETWORK`] is made or tidied, released when dropped (or when the
+/// process dies).
+async fn creation_lock() -> Result<Flock<File>, bollard::errors::Error> {
+    let path = std::env::temp_dir().join("slipway-apps-network.lock");
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| std::io::Error::from(errno))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|locked| locked);
+    locked.map_err(bollard::errors::Error::from)
+}
+
+/// The networks named exactly [`NETWORK`] (the engine's name filter matches parts of names).
+async fn networks_named(
+    docker: &Docker,
+) -> Result<Vec<bollard::models::Network>, bollard::errors::Error> {
+    let all = docker
+        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "name".to_owned(),
+                vec![NETWORK.to_owned()],
+            )])),
+        }))
+        .await?;
+    Ok(all
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(NETWORK))
+        .collect())
 }
 
 /// Memory of one app container: 512 MiB fits the usual small web app; the Webspace resource
@@ -190,6 +303,7 @@ pub async fn ensure_among(
             }),
         )
         .await;
+    let network = network(docker).await?;
     let port = format!("{}/tcp", deployment.port);
     let labels = HashMap::from([
         (LABEL_WEBSPACE.to_owned(), deployment.webspace.clone()),
@@ -217,6 +331,7 @@ pub async fn ensure_among(
                 }]),
             )])),
             init: Some(true),
+            network_mode: Some(network),
             memory: Some(MEMORY),
             nano_cpus: Some(NANO_CPUS),
             restart_policy: Some(RestartPolicy {

@@ -2,6 +2,7 @@
 //! a stopped container's route can never reach the container that took its address.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -23,21 +24,11 @@ impl Fixture {
         let image = format!("slipway-test/netns:{tag}");
         let dockerfile = "FROM slipway-test/busybox:latest\n\
             CMD mkdir -p /www && echo \"$APP\" > /www/index.html && exec httpd -f -p \"$PORT\" -h /www\n";
-        let mut build = Command::new("docker")
-            .args(["build", "-q", "-t", &image, "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("docker build");
-        std::io::Write::write_all(
-            &mut build.stdin.take().expect("stdin"),
+        let build = with_input(
+            Command::new("docker").args(["build", "-q", "-t", &image, "-"]),
             dockerfile.as_bytes(),
-        )
-        .expect("write the Dockerfile");
-        assert!(
-            build.wait().expect("docker build").success(),
-            "docker build"
         );
+        assert!(build.status.success(), "docker build");
         Self {
             image,
             instance: format!("test{tag}"),
@@ -87,6 +78,18 @@ impl Drop for Fixture {
             .stdout(Stdio::null())
             .status();
     }
+}
+
+/// Runs `command` with `input` as its standard input; its output, standard error dropped.
+fn with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input).expect("input");
+    child.wait_with_output().expect("wait")
 }
 
 /// The body of `GET /` at `target`, or why there is none.
@@ -203,5 +206,37 @@ async fn a_stopped_containers_route_never_reaches_the_container_that_took_its_ad
     }
     panic!(
         "in {ATTEMPTS} attempts the engine never gave a stopped container's address to the next one"
+    );
+}
+
+#[tokio::test]
+async fn one_customers_app_cannot_reach_anothers_behind_the_router() {
+    let docker = Docker::connect_with_local_defaults().expect("the engine");
+    let fixture = Fixture::new();
+    let theirs = start(&docker, &fixture, "theirs", "private").await;
+    let mine = start(&docker, &fixture, "mine", "mine").await;
+    let address = theirs.target.clone().expect("a route").address;
+    // This host reaches it (as the router does) ...
+    assert_eq!(
+        get(&Target::from(address)).await.as_deref(),
+        Ok("private\n")
+    );
+    // ... another app does not, though it is on the same network (its own address answers
+    // it, so the probe itself works).
+    let from_mine = |to: SocketAddr| {
+        let output = with_input(
+            Command::new("docker")
+                .args(["exec", "-i", &mine.id, "nc", "-w", "2"])
+                .args([to.ip().to_string(), to.port().to_string()]),
+            b"GET / HTTP/1.0\r\n\r\n",
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let own = mine.target.clone().expect("a route").address;
+    assert!(from_mine(own).ends_with("mine\n"), "{:?}", from_mine(own));
+    let reached = from_mine(address);
+    assert!(
+        !reached.contains("private"),
+        "reached another app: {reached:?}"
     );
 }
