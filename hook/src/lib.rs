@@ -176,8 +176,15 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             let slot = slots::take(&config.data.join("locks"), config.max_builds, || {
                 reporter.say("slipway: queued: other builds are running; waiting for a build slot");
             })
-            .await
-            .map_err(|e| reporter.failure("the server cannot schedule the build", &e))?;
+            .await;
+            let slot = match slot {
+                Ok(slot) => slot,
+                Err(e) => {
+                    reporter.failure("the server cannot schedule the build", &e);
+                    discard(&store, &docker, &built, reporter).await;
+                    return Err(());
+                }
+            };
             let context = context::stream(
                 config.git_dir.clone(),
                 config.quarantine.clone(),

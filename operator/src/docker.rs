@@ -73,12 +73,12 @@ pub async fn network(docker: &Docker) -> Result<String, bollard::errors::Error> 
     let _lock = if found.len() == 1 {
         None
     } else {
-        let lock = creation_lock().await?;
+        let lock = creation_lock().await;
         found = networks_named(docker).await?;
-        Some(lock)
+        lock
     };
     if found.is_empty() {
-        docker
+        let created = docker
             .create_network(bollard::models::NetworkCreateRequest {
                 name: NETWORK.to_owned(),
                 driver: Some("bridge".to_owned()),
@@ -89,7 +89,15 @@ pub async fn network(docker: &Docker) -> Result<String, bollard::errors::Error> 
                 )])),
                 ..Default::default()
             })
-            .await?;
+            .await;
+        match created {
+            // Newer engines refuse a second network of a name: made meanwhile elsewhere.
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(error) => return Err(error),
+        }
         found = networks_named(docker).await?;
     }
     found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -126,21 +134,37 @@ pub async fn network(docker: &Docker) -> Result<String, bollard::errors::Error> 
 }
 
 /// The lock held while [`NETWORK`] is made or tidied, released when dropped (or when the
-/// process dies).
-async fn creation_lock() -> Result<Flock<File>, bollard::errors::Error> {
+/// process dies); `None` when it cannot be had (then duplicates are still tidied away).
+async fn creation_lock() -> Option<Flock<File>> {
     let path = std::env::temp_dir().join("slipway-apps-network.lock");
     let locked = tokio::task::spawn_blocking(move || {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
+        // Read-only (flock needs no more), so a file another user made serves as well.
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                use std::os::unix::fs::OpenOptionsExt;
+                File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o666)
+                    .open(&path)?;
+                File::open(&path)?
+            }
+            Err(error) => return Err(error),
+        };
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| std::io::Error::from(errno))
     })
     .await
     .map_err(std::io::Error::other)
     .and_then(|locked| locked);
-    locked.map_err(bollard::errors::Error::from)
+    match locked {
+        Ok(lock) => Some(lock),
+        Err(error) => {
+            tracing::warn!(%error, "cannot lock the creation of the app network; creating it anyway");
+            None
+        }
+    }
 }
 
 /// The networks named exactly [`NETWORK`] (the engine's name filter matches parts of names).

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::desired::{Deployment, desired};
 use crate::docker;
 use crate::hosts::Hosts;
-use crate::router::{RouteTable, Routes};
+use crate::router::{RouteTable, Routes, Target};
 
 /// Full pass even without a change notification: catches what the engine's events missed
 /// (containers removed behind Slipway's back while the event stream was down, say).
@@ -63,7 +63,8 @@ impl Settings {
 }
 
 /// Time until the next pass after one that could not reach every wanted container (the
-/// engine was starting or stopping one).
+/// engine was starting or stopping one); doubled after every such pass in a row, up to
+/// [`Settings::recheck`].
 const UNSETTLED: Duration = Duration::from_secs(1);
 
 /// How long a Release may stay `Staged`: a push stages it after its build, then only pushes the
@@ -79,6 +80,8 @@ struct State {
     /// When this loop started: a Release staged before then belongs to a push of an earlier
     /// server process, which cannot finish any more.
     started: k8s_openapi::jiff::Timestamp,
+    /// Host → (webspace, release) of every route in the table.
+    routed: HashMap<String, (String, String)>,
 }
 
 /// Runs until `shutdown`.
@@ -94,6 +97,7 @@ pub async fn run<S: Store>(
         removing: HashSet::new(),
         pruning: false,
         started: k8s_openapi::jiff::Timestamp::now(),
+        routed: HashMap::new(),
     }));
     let mut changes = store.changes();
     let engine = Arc::new(Notify::new());
@@ -103,10 +107,19 @@ pub async fn run<S: Store>(
         engine.clone(),
         shutdown.clone(),
     ));
+    let mut unsettled = UNSETTLED;
     loop {
         let next = match reconcile(&store, &docker, &table, &settings, &state).await {
-            Ok(true) => settings.recheck,
-            Ok(false) => UNSETTLED.min(settings.recheck),
+            Ok(true) => {
+                unsettled = UNSETTLED;
+                settings.recheck
+            }
+            // Soon, then less and less often while it stays so (a missing image, say).
+            Ok(false) => {
+                let next = unsettled.min(settings.recheck);
+                unsettled = unsettled.saturating_mul(2);
+                next
+            }
             Err(error) => {
                 tracing::warn!(%error, "reconcile failed; retrying");
                 settings.recheck
@@ -167,6 +180,55 @@ async fn watch_engine(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => engine.notify_one(),
+        }
+    }
+}
+
+/// The routes a pass makes.
+#[derive(Default)]
+struct Routing {
+    /// The table before the pass.
+    previous: Arc<Routes>,
+    /// Host → (webspace, release) of `previous`.
+    previously: HashMap<String, (String, String)>,
+    routes: Routes,
+    /// Host → (webspace, release) of `routes`.
+    routed: HashMap<String, (String, String)>,
+    /// Releases whose containers this pass could not reach, or that serve a kept route: their
+    /// containers are not removed (the engine may be restarting them).
+    unreached: HashSet<String>,
+}
+
+impl Routing {
+    /// Routes `deployment`'s hosts to `target`.
+    fn route(&mut self, deployment: &Deployment, target: &Target) {
+        for host in &deployment.hosts {
+            self.routes.insert(host.clone(), target.clone());
+            self.routed.insert(
+                host.clone(),
+                (deployment.webspace.clone(), deployment.release.clone()),
+            );
+        }
+    }
+
+    /// `deployment`'s container cannot be reached this pass (the engine is starting or
+    /// stopping it, or refused): its hosts keep their routes, so they answer 502 rather than
+    /// 404 ("nothing deployed"), and another pass follows soon. Only a route of the same
+    /// webspace is kept (a domain may have moved to another one).
+    fn keep(&mut self, deployment: &Deployment) {
+        self.unreached.insert(deployment.release.clone());
+        for host in &deployment.hosts {
+            let (Some((webspace, release)), Some(target)) =
+                (self.previously.get(host), self.previous.get(host))
+            else {
+                continue;
+            };
+            if *webspace == deployment.webspace {
+                self.routes.insert(host.clone(), target.clone());
+                self.routed
+                    .insert(host.clone(), (webspace.clone(), release.clone()));
+                self.unreached.insert(release.clone());
+            }
         }
     }
 }
@@ -349,24 +411,12 @@ async fn reconcile<S: Store>(
         .iter()
         .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, r)))
         .collect();
-    let mut routes: Routes = HashMap::new();
     let mut serving: HashSet<String> = HashSet::new();
     let mut live = Vec::new();
-    let mut settled = true;
-    // A deployment whose container cannot be reached this pass (the engine is starting or
-    // stopping it, or refused) keeps its routes, so its hosts answer 502 rather than 404
-    // ("nothing deployed"), and another pass follows soon.
-    let previous = table.snapshot();
-    // Its container is not removed either: the engine may be restarting it.
-    let mut unreached: HashSet<String> = HashSet::new();
-    let mut keep = |deployment: &Deployment, routes: &mut Routes| {
-        for host in &deployment.hosts {
-            if let Some(target) = previous.get(host) {
-                routes.insert(host.clone(), target.clone());
-            }
-        }
-        unreached.insert(deployment.release.clone());
-        settled = false;
+    let mut routing = Routing {
+        previous: table.snapshot(),
+        previously: std::mem::take(&mut state.lock().await.routed),
+        ..Routing::default()
     };
     let containers = docker::list(docker, &settings.instance).await?;
     for deployment in &wanted {
@@ -375,15 +425,21 @@ async fn reconcile<S: Store>(
                 Ok(container) => container,
                 Err(error) => {
                     tracing::warn!(release = %deployment.release, %error, "cannot start container");
-                    keep(deployment, &mut routes);
+                    routing.keep(deployment);
                     continue;
                 }
             };
-        let Some(target) = container.target.clone() else {
-            keep(deployment, &mut routes);
-            continue;
-        };
         let known = state.lock().await.healthy.contains(&deployment.release);
+        // A release never seen healthy whose container the engine keeps restarting is checked
+        // (and fails at once), so the previous release serves again.
+        let target = match container.target.clone() {
+            Some(target) => Some(target),
+            None if !known && container.restarting => None,
+            None => {
+                routing.keep(deployment);
+                continue;
+            }
+        };
         if !known {
             match docker::wait_ready(
                 docker,
@@ -417,16 +473,21 @@ async fn reconcile<S: Store>(
                 }
             }
         }
-        for host in &deployment.hosts {
-            routes.insert(host.clone(), target.clone());
-        }
+        let Some(target) = target else {
+            routing.keep(deployment);
+            continue;
+        };
+        routing.route(deployment, &target);
         serving.insert(deployment.release.clone());
         if let Some(release) = by_name.get(deployment.release.as_str()) {
             live.push((*release, settings.url(deployment)));
         }
     }
     // Routed first: post-receive returns when it sees `Live`, and the app must answer then.
-    table.replace(routes);
+    let settled = routing.unreached.is_empty();
+    table.replace(routing.routes);
+    state.lock().await.routed = routing.routed;
+    let unreached = routing.unreached;
     for (release, url) in live {
         set_phase(store, release, "Live", None, url).await?;
     }
@@ -475,9 +536,17 @@ async fn reconcile<S: Store>(
         if release.phase() != "Staged" {
             continue;
         }
-        if let Some(reason) = abandoned(release, started, k8s_openapi::jiff::Timestamp::now()) {
-            tracing::info!(release = ?release.metadata.name, reason, "abandoned release failed");
-            set_phase(store, release, "Failed", Some(reason.to_owned()), None).await?;
+        let Some(reason) = abandoned(release, started, k8s_openapi::jiff::Timestamp::now()) else {
+            continue;
+        };
+        // As it is now: a push of the same commit since may have staged it anew.
+        let name = release.metadata.name.as_deref().unwrap_or_default();
+        let Some(current) = store.get::<Release>(name).await? else {
+            continue;
+        };
+        if current.phase() == "Staged" && current.pushed_at() == release.pushed_at() {
+            tracing::info!(release = name, reason, "abandoned release failed");
+            set_phase(store, &current, "Failed", Some(reason.to_owned()), None).await?;
         }
     }
     // Containers that serve nothing wanted stop after the drain delay. A release's container

@@ -19,8 +19,9 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Self {
-        let tag = format!("{:x}", std::process::id());
+    /// A fixture of its own for each `test` (tests may share a process).
+    fn new(test: &str) -> Self {
+        let tag = format!("{:x}-{test}", std::process::id());
         let image = format!("slipway-test/netns:{tag}");
         let dockerfile = "FROM slipway-test/busybox:latest\n\
             CMD mkdir -p /www && echo \"$APP\" > /www/index.html && exec httpd -f -p \"$PORT\" -h /www\n";
@@ -31,7 +32,7 @@ impl Fixture {
         assert!(build.status.success(), "docker build");
         Self {
             image,
-            instance: format!("test{tag}"),
+            instance: format!("test-{tag}"),
         }
     }
 
@@ -92,6 +93,21 @@ fn with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
     child.wait_with_output().expect("wait")
 }
 
+/// The container's address on its network, at the app's port.
+fn bridge_address(container: &AppContainer) -> SocketAddr {
+    let output = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &container.id,
+        ])
+        .output()
+        .expect("docker inspect");
+    let ip = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    SocketAddr::new(ip.parse().expect("an address"), 8080)
+}
+
 /// The body of `GET /` at `target`, or why there is none.
 async fn get(target: &Target) -> Result<String, String> {
     let mut stream = target.connect().await.map_err(|e| e.to_string())?;
@@ -140,7 +156,7 @@ const ATTEMPTS: usize = 10;
 #[tokio::test]
 async fn a_stopped_containers_route_never_reaches_the_container_that_took_its_address() {
     let docker = Docker::connect_with_local_defaults().expect("the engine");
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("reuse");
     for attempt in 0..ATTEMPTS {
         let first = start(&docker, &fixture, &format!("first-{attempt}"), "first").await;
         let route = first.target.clone().expect("a route");
@@ -212,13 +228,15 @@ async fn a_stopped_containers_route_never_reaches_the_container_that_took_its_ad
 #[tokio::test]
 async fn one_customers_app_cannot_reach_anothers_behind_the_router() {
     let docker = Docker::connect_with_local_defaults().expect("the engine");
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("isolation");
     let theirs = start(&docker, &fixture, "theirs", "private").await;
     let mine = start(&docker, &fixture, "mine", "mine").await;
-    let address = theirs.target.clone().expect("a route").address;
+    let address = bridge_address(&theirs);
     // This host reaches it (as the router does) ...
     assert_eq!(
-        get(&Target::from(address)).await.as_deref(),
+        get(&theirs.target.clone().expect("a route"))
+            .await
+            .as_deref(),
         Ok("private\n")
     );
     // ... another app does not, though it is on the same network (its own address answers
@@ -232,7 +250,7 @@ async fn one_customers_app_cannot_reach_anothers_behind_the_router() {
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
-    let own = mine.target.clone().expect("a route").address;
+    let own = bridge_address(&mine);
     assert!(from_mine(own).ends_with("mine\n"), "{:?}", from_mine(own));
     let reached = from_mine(address);
     assert!(
