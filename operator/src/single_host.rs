@@ -157,29 +157,45 @@ async fn watch_engine(
             vec!["start".to_owned(), "die".to_owned()],
         ),
     ]);
+    let mut pause = Duration::from_secs(1);
     loop {
         let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
             filters: Some(filters.clone()),
             ..Default::default()
         }));
+        let mut worked = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 event = events.next() => match event {
-                    Some(Ok(_)) => engine.notify_one(),
+                    Some(Ok(_)) => {
+                        worked = true;
+                        engine.notify_one();
+                    }
                     Some(Err(error)) => {
-                        tracing::debug!(%error, "engine events ended");
+                        if worked || pause == Duration::from_secs(1) {
+                            tracing::warn!(%error, "engine events stopped; periodic passes go on");
+                        }
                         break;
                     }
                     None => break,
                 },
             }
         }
-        // The engine went away (or restarted): listen again shortly; a pass then catches up
-        // with what happened meanwhile.
+        // Listen again shortly, and less often while the engine keeps refusing; a pass then
+        // catches up with what happened meanwhile.
+        pause = if worked {
+            Duration::from_secs(1)
+        } else {
+            pause.saturating_mul(2).min(Duration::from_secs(60))
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => engine.notify_one(),
+            () = tokio::time::sleep(pause) => {
+                if worked {
+                    engine.notify_one();
+                }
+            }
         }
     }
 }
