@@ -356,6 +356,9 @@ pub async fn ensure_among(
             )])),
             init: Some(true),
             network_mode: Some(network),
+            // Raw sockets would let an app forge ARP and IP packets to its neighbours on the
+            // shared network (Kubernetes' restricted profile drops it too).
+            cap_drop: Some(vec!["NET_RAW".to_owned()]),
             memory: Some(MEMORY),
             nano_cpus: Some(NANO_CPUS),
             restart_policy: Some(RestartPolicy {

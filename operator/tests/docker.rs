@@ -252,6 +252,16 @@ async fn one_customers_app_cannot_reach_anothers_behind_the_router() {
     };
     let own = bridge_address(&mine);
     assert!(from_mine(own).ends_with("mine\n"), "{:?}", from_mine(own));
+    // Nor can it forge packets to its neighbours: no raw sockets.
+    let caps = Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.CapDrop}}", &mine.id])
+        .output()
+        .expect("docker inspect");
+    assert!(
+        String::from_utf8_lossy(&caps.stdout).contains("NET_RAW"),
+        "{}",
+        String::from_utf8_lossy(&caps.stdout)
+    );
     let reached = from_mine(address);
     assert!(
         !reached.contains("private"),
