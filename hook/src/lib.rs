@@ -153,11 +153,30 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     let docker = build::connect()
         .await
         .map_err(|e| reporter.failure("the build service is unavailable; try again later", &e))?;
-    let repository = image_repository(config);
     let mut built = Vec::new();
+    let mut outcome = build_all(config, &docker, plans, &mut built, reporter).await;
+    if outcome.is_ok() {
+        outcome = stage_all(config, &store, &docker, &webspace, &built, reporter).await;
+    }
+    if outcome.is_err() {
+        discard(&store, &docker, &built, reporter).await;
+    }
+    outcome
+}
+
+/// Builds each plan's image, or finds it built; what it has so far is in `built` whether it
+/// succeeds or not (a refusal removes the images it built).
+async fn build_all(
+    config: &Config,
+    docker: &bollard::Docker,
+    plans: Vec<Plan>,
+    built: &mut Vec<Built>,
+    reporter: &Reporter,
+) -> Result<(), ()> {
+    let repository = image_repository(config);
     for plan in plans {
         let image = format!("{repository}:{}", plan.tag);
-        let fresh = !build::exists(&docker, &image).await;
+        let fresh = !build::exists(docker, &image).await;
         if !fresh {
             reporter.say(&format!(
                 "slipway: `{}` ({}): tree {} was built before; reusing `{image}`",
@@ -176,29 +195,21 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             let slot = slots::take(&config.data.join("locks"), config.max_builds, || {
                 reporter.say("slipway: queued: other builds are running; waiting for a build slot");
             })
-            .await;
-            let slot = match slot {
-                Ok(slot) => slot,
-                Err(e) => {
-                    reporter.failure("the server cannot schedule the build", &e);
-                    discard(&store, &docker, &built, reporter).await;
-                    return Err(());
-                }
-            };
+            .await
+            .map_err(|e| reporter.failure("the server cannot schedule the build", &e))?;
             let context = context::stream(
                 config.git_dir.clone(),
                 config.quarantine.clone(),
                 plan.manifest.clone(),
                 plan.dockerfile.clone(),
             );
-            let result = build::build(&docker, &image, context, config.limits, reporter).await;
+            let result = build::build(docker, &image, context, config.limits, reporter).await;
             drop(slot);
             match result {
                 Ok(_) => {}
                 Err(build::BuildError::Failed { step, message, .. }) => {
                     let at = step.map(|s| format!(" at `{s}`")).unwrap_or_default();
                     reporter.error(&format!("building `{}` failed{at}: {message}", plan.branch), Some("fix the Dockerfile (or the app) and push again; `docker build .` reproduces it locally"));
-                    discard(&store, &docker, &built, reporter).await;
                     return Err(());
                 }
                 Err(build::BuildError::TimedOut(limit)) => {
@@ -210,12 +221,10 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
                         ),
                         Some("make the build faster (cache dependencies in an early layer)"),
                     );
-                    discard(&store, &docker, &built, reporter).await;
                     return Err(());
                 }
                 Err(e @ build::BuildError::Engine(_)) => {
                     reporter.failure("the build service failed; try again later", &e);
-                    discard(&store, &docker, &built, reporter).await;
                     return Err(());
                 }
             }
@@ -229,23 +238,34 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
             fresh,
         });
     }
-    // Everything this push staged so far: a later refusal (another branch that does not start,
-    // the registry) withdraws it all, so a refused push leaves no container or Release behind.
+    Ok(())
+}
+
+/// Stages every built branch. Everything this push staged so far: a later refusal (another
+/// branch that does not start, the registry) withdraws it all, so a refused push leaves no
+/// container or Release behind.
+async fn stage_all(
+    config: &Config,
+    store: &AnyStore,
+    docker: &bollard::Docker,
+    webspace: &Webspace,
+    built: &[Built],
+    reporter: &Reporter,
+) -> Result<(), ()> {
     let mut recorded: Vec<String> = Vec::new();
-    for branch in &built {
+    for branch in built {
         let result = stage_branch(
             config,
-            &store,
-            &docker,
-            &webspace,
+            store,
+            docker,
+            webspace,
             branch,
             &mut recorded,
             reporter,
         )
         .await;
         if result.is_err() {
-            withdraw(config, &store, &docker, &recorded, reporter).await;
-            discard(&store, &docker, &built, reporter).await;
+            withdraw(config, store, docker, &recorded, reporter).await;
             return Err(());
         }
     }

@@ -446,16 +446,13 @@ async fn reconcile<S: Store>(
                 }
             };
         let known = state.lock().await.healthy.contains(&deployment.release);
-        // A release never seen healthy whose container the engine keeps restarting is checked
-        // (and fails at once), so the previous release serves again.
-        let target = match container.target.clone() {
-            Some(target) => Some(target),
-            None if !known && container.restarting => None,
-            None => {
-                routing.keep(deployment);
-                continue;
-            }
-        };
+        // Unreachable for now: keep its routes. Except a release never seen healthy whose
+        // container the engine keeps restarting: its health check fails at once, so the
+        // previous release serves again.
+        if container.target.is_none() && (known || !container.restarting) {
+            routing.keep(deployment);
+            continue;
+        }
         if !known {
             match docker::wait_ready(
                 docker,
@@ -489,11 +486,11 @@ async fn reconcile<S: Store>(
                 }
             }
         }
-        let Some(target) = target else {
+        let Some(target) = &container.target else {
             routing.keep(deployment);
             continue;
         };
-        routing.route(deployment, &target);
+        routing.route(deployment, target);
         serving.insert(deployment.release.clone());
         if let Some(release) = by_name.get(deployment.release.as_str()) {
             live.push((*release, settings.url(deployment)));
