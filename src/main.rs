@@ -119,7 +119,7 @@ struct OperatorArgs {
     #[arg(long, default_value_t = 120)]
     progress_deadline: i32,
     /// Namespace of the ingress controller, let through the tenants' NetworkPolicy.
-    #[arg(long, default_value = "ingress-nginx")]
+    #[arg(long, env = env::INGRESS_NAMESPACE, default_value = "ingress-nginx")]
     ingress_namespace: String,
     /// Address for `/healthz`, `/readyz` and `/metrics` (off when unset).
     #[arg(long, env = env::PROBE_LISTEN)]
@@ -350,9 +350,13 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             "`slipway up` runs on one host with a data directory; on a cluster run `slipway git-server --store kube` and `slipway operator`"
         );
     }
-    let store = slipway_store::AnyStore::open(args.store, &data)
-        .await
-        .with_context(|| format!("cannot open the {} store", args.store.as_str()))?;
+    let store = slipway_store::AnyStore::open_as(
+        args.store,
+        &data,
+        slipway_store::GIT_SERVER_FIELD_MANAGER,
+    )
+    .await
+    .with_context(|| format!("cannot open the {} store", args.store.as_str()))?;
     if !kube {
         // On a cluster the operator installs them (the git server may only read Runtimes).
         install_default_runtimes(&store).await?;
@@ -396,6 +400,8 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             probe_listen,
             probe::Probe {
                 ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                // Not ready while the key index and webspaces may be stale.
+                watches: Some(store.watch_health()),
                 metrics: std::sync::Arc::new(move || metrics.render()),
             },
             shutdown.clone(),
@@ -492,7 +498,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     use slipway_operator::kubernetes;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone())?;
-    let store = slipway_store::KubeStore::connect()
+    let store = slipway_store::KubeStore::connect_as(slipway_store::OPERATOR_FIELD_MANAGER)
         .await
         .context("cannot start the operator")?;
     let metrics = std::sync::Arc::new(slipway_operator::metrics::Metrics::default());
@@ -503,6 +509,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             address,
             probe::Probe {
                 ready: ready.clone(),
+                watches: None,
                 metrics: std::sync::Arc::new(move || metrics.render()),
             },
             shutdown.clone(),

@@ -14,8 +14,11 @@ use tokio_util::sync::CancellationToken;
 /// What the probe endpoints report.
 #[derive(Clone)]
 pub struct Probe {
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
+    /// Watches that must be current for `/readyz` to answer 200: while one is down, what the
+    /// process knows of the cluster (keys, webspaces) may be stale.
+    pub watches: Option<slipway_store::WatchHealth>,
     /// The `/metrics` text.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
@@ -35,10 +38,17 @@ fn route(probe: &Probe, path: &str) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/healthz" => answer(StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" if probe.ready.load(Ordering::Relaxed) => {
-            answer(StatusCode::OK, TEXT, "ready\n".into())
+        "/readyz" if !probe.ready.load(Ordering::Relaxed) => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into())
         }
-        "/readyz" => answer(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into()),
+        "/readyz" => match probe.watches.as_ref().map_or(Ok(()), |w| w.check()) {
+            Ok(()) => answer(StatusCode::OK, TEXT, "ready\n".into()),
+            Err(stale) => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: {stale}\n"),
+            ),
+        },
         "/metrics" => answer(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -83,6 +93,7 @@ mod tests {
     fn readiness_follows_the_flag_and_metrics_render() {
         let probe = Probe {
             ready: Arc::new(AtomicBool::new(false)),
+            watches: None,
             metrics: Arc::new(|| "up 1\n".to_owned()),
         };
         assert_eq!(route(&probe, "/healthz").status(), StatusCode::OK);
@@ -94,5 +105,40 @@ mod tests {
         assert_eq!(route(&probe, "/readyz").status(), StatusCode::OK);
         assert_eq!(route(&probe, "/metrics").status(), StatusCode::OK);
         assert_eq!(route(&probe, "/nope").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn readiness_fails_with_a_reason_while_a_watch_is_stale() {
+        // Never contacted: its watches have not started, so they are not current.
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("a URL"),
+        ))
+        .expect("a client");
+        let store = slipway_store::KubeStore::new(client, slipway_store::GIT_SERVER_FIELD_MANAGER);
+        let probe = Probe {
+            ready: Arc::new(AtomicBool::new(true)),
+            watches: Some(store.watch_health()),
+            metrics: Arc::new(String::new),
+        };
+        let response = route(&probe, "/readyz");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = String::from_utf8(
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("a body")
+                .to_bytes()
+                .to_vec(),
+        )
+        .expect("text");
+        assert!(
+            body.starts_with("not ready: watches not current: customers"),
+            "{body}"
+        );
+        assert_eq!(body.lines().count(), 1, "{body}");
+        let directory = Probe {
+            watches: Some(slipway_store::WatchHealth::default()),
+            ..probe
+        };
+        assert_eq!(route(&directory, "/readyz").status(), StatusCode::OK);
     }
 }

@@ -69,6 +69,9 @@ pub const INGRESS_CLASS: &str = "SLIPWAY_INGRESS_CLASS";
 pub const CLUSTER_ISSUER: &str = "SLIPWAY_CLUSTER_ISSUER";
 /// The registry as the cluster's nodes pull from it (`HOST:PORT`).
 pub const IMAGE_REGISTRY: &str = "SLIPWAY_IMAGE_REGISTRY";
+/// Operator: namespace of the ingress controller, let through tenants' NetworkPolicies
+/// (`ingress-nginx`; k3s runs Traefik in `kube-system`).
+pub const INGRESS_NAMESPACE: &str = "SLIPWAY_INGRESS_NAMESPACE";
 
 /// Variables the server passes from its own environment to git and its hooks, and nothing
 /// else: git needs a `PATH` to find its helpers and a `HOME` to not complain; locale and `TZ`

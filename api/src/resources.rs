@@ -10,7 +10,32 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, KeyError};
-use crate::names::{self, InvalidName};
+use crate::names::{self, InvalidName, MAX_LABEL};
+
+/// A DNS-1123 label, as [`names::validate_label`] checks it (with `maxLength` 63): the schema
+/// pattern of `metadata.name` and of every field that names another resource.
+pub const LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A DNS name, as [`names::validate_domain`] checks it (with `maxLength` 253): dot-separated
+/// labels of 1 to 63 characters.
+pub const DOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+
+/// Longest DNS name (RFC 1123).
+pub const MAX_DOMAIN: usize = 253;
+
+/// A branch name as [`Validate`] accepts `spec.productionBranch`: no control characters, space,
+/// `~^:?*[\`, no `..`, and not starting with `-`. Written as a sequence of tokens, each an
+/// allowed character optionally after one `.`, so two dots never meet (RE2 has no lookahead).
+pub const BRANCH_PATTERN: &str = concat!(
+    r"^([^-.\x00-\x20\x7f-\x{9f}~^:?*\[\\]|\.[^.\x00-\x20\x7f-\x{9f}~^:?*\[\\]|\.$)",
+    r"(\.?[^.\x00-\x20\x7f-\x{9f}~^:?*\[\\])*\.?$",
+);
+
+/// Text with at least one character that is not white space (Unicode `White_Space`, what
+/// `str::trim` removes).
+pub const NOT_BLANK_PATTERN: &str =
+    r"[^\t-\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]";
 
 /// A customer: who may push, identified only by their SSH keys.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -27,6 +52,7 @@ use crate::names::{self, InvalidName};
 #[serde(rename_all = "camelCase")]
 pub struct CustomerSpec {
     /// Contact address of the customer.
+    #[schemars(regex(pattern = "@"))]
     pub email: String,
     /// Human-readable name, shown in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,24 +90,34 @@ pub struct CustomerStatus {
 #[serde(rename_all = "camelCase")]
 pub struct WebspaceSpec {
     /// Name of the Customer that owns this webspace; only their keys may push and clone.
+    #[schemars(regex(pattern = LABEL_PATTERN), length(max = MAX_LABEL))]
     pub customer: String,
     /// Name of the Runtime whose Dockerfile template builds a repo without a `Dockerfile`.
     /// Optional when the repo has its own `Dockerfile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LABEL_PATTERN), length(max = MAX_LABEL))]
     pub runtime: Option<String>,
-    /// Instances per branch. Default 1.
+    /// Instances per branch, 0 to 100. Default 1.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
     /// Port the app listens on (also passed as `PORT`). Default: the Runtime's port, else 8080.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
     /// Branch served on the webspace's own host and `domains`. Default `main`.
     #[serde(default = "default_production_branch")]
+    #[schemars(regex(pattern = BRANCH_PATTERN), length(min = 1))]
     pub production_branch: String,
     /// Extra host names that serve the production branch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = DOMAIN_PATTERN), length(max = MAX_DOMAIN)))]
     pub domains: Vec<String>,
-    /// Environment variables given to the app (besides `PORT`).
+    /// Environment variables given to the app (besides `PORT`). Names are letters, digits and
+    /// `_`, not starting with a digit.
+    // The CRD cannot check the names: a schema constrains map values (`additionalProperties`),
+    // not keys, on Kubernetes 1.20 (`propertyNames` is not allowed; CEL rules came in 1.25).
+    // `Validate` checks them for `slipway apply`, the git server and the operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Whether non-production branches get preview hosts. Default true.
@@ -117,7 +153,13 @@ pub struct WebspaceStatus {
     pub last_error: Option<String>,
     /// `Built`, `Released` and `Ready`, in the Kubernetes convention, so
     /// `kubectl wait --for=condition=Ready webspace/NAME` works.
+    // A map keyed by `type`, as `metav1.Condition` lists are: server-side apply merges entries
+    // by type instead of replacing the list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["type"],
+    ))]
     pub conditions: Vec<Condition>,
 }
 
@@ -133,7 +175,9 @@ pub struct Condition {
     /// One CamelCase word saying why.
     pub reason: String,
     /// A sentence for people.
-    #[serde(default)]
+    // Omitted when empty rather than defaulted in the schema: Kubernetes 1.20 refused the CRD
+    // with `default: ''`. Conditions stored without it still read (as empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// When `status` last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +220,7 @@ pub struct RuntimeSpec {
     /// `webspace` and `branch`.
     pub dockerfile_template: String,
     /// Base image the template builds from (`{{baseImage}}`).
+    #[schemars(regex(pattern = NOT_BLANK_PATTERN), length(min = 1))]
     pub base_image: String,
     /// Port the built app listens on. Default 8080.
     #[serde(default = "default_port")]
@@ -206,6 +251,7 @@ fn default_port() -> u16 {
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseSpec {
     /// Webspace the release belongs to.
+    #[schemars(regex(pattern = LABEL_PATTERN), length(max = MAX_LABEL))]
     pub webspace: String,
     /// Branch that was pushed, as pushed (not the DNS label).
     pub branch: String,
@@ -438,6 +484,15 @@ mod tests {
         assert_eq!(w.spec.replicas, 1);
         assert!(w.spec.previews);
         assert_eq!(w.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_condition_without_a_message_reads_and_an_empty_one_is_not_written() {
+        let condition: Condition =
+            serde_yaml::from_str("type: Ready\nstatus: 'True'\nreason: Serving\n").expect("parses");
+        assert_eq!(condition.message, "");
+        let out = serde_yaml::to_string(&condition).expect("serializes");
+        assert!(!out.contains("message"), "{out}");
     }
 
     #[test]

@@ -310,9 +310,9 @@ fn refuse(session: &mut Session, channel: ChannelId, message: &str, hint: Option
 const HINT_PUSH: &str = "push with `git push ssh://git@HOST:PORT/WEBSPACE.git main`";
 
 impl<S: Store> Connection<S> {
-    fn verify_key(&self, key: &russh::keys::PublicKey) -> Option<String> {
+    async fn verify_key(&self, key: &russh::keys::PublicKey) -> Option<String> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        match self.shared.keys.owner(&fingerprint) {
+        match self.shared.keys.lookup(&fingerprint).await {
             Owner::Customer(customer) => Some(customer),
             Owner::Unknown | Owner::Ambiguous => {
                 self.shared.config.metrics.refused_login();
@@ -346,7 +346,7 @@ impl<S: Store> Handler for Connection<S> {
     ) -> Result<Auth, Self::Error> {
         // Only says whether a signature with this key would be worth checking; identity comes
         // from `auth_publickey`, after russh verified the signature.
-        Ok(match self.verify_key(offer.public_key) {
+        Ok(match self.verify_key(offer.public_key).await {
             Some(_) => Auth::Accept,
             None => Auth::reject(),
         })
@@ -357,7 +357,7 @@ impl<S: Store> Handler for Connection<S> {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let Some(customer) = self.verify_key(key.public_key) else {
+        let Some(customer) = self.verify_key(key.public_key).await else {
             return Ok(Auth::reject());
         };
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
@@ -595,7 +595,8 @@ async fn execute<S: Store>(
     };
 
     // The key may have been removed since the connection authenticated.
-    if shared.keys.owner(&identity.fingerprint) != Owner::Customer(identity.customer.clone()) {
+    if shared.keys.lookup(&identity.fingerprint).await != Owner::Customer(identity.customer.clone())
+    {
         fail("your key is no longer authorized", None).await;
         return;
     }

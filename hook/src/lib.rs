@@ -513,8 +513,19 @@ async fn start_unrouted(
 /// Longest post-receive waits for the operator to put a release live.
 const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Waits until the operator took `name` live (or failed it), and tells the pusher.
-async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &Reporter) {
+/// How often the pusher hears what a rollout is waiting for.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the operator took `name` live (or failed it), and tells the pusher: woken by the
+/// store's change feed (a watch on a cluster), re-read every second in case a change was missed,
+/// with a progress line every few seconds saying what the rollout is waiting for.
+async fn report_rollout(
+    store: &AnyStore,
+    webspace: &str,
+    branch: &str,
+    name: &str,
+    reporter: &Reporter,
+) {
     let tool = match store {
         AnyStore::Kube(_) => "kubectl",
         AnyStore::Directory(_) => "slipway",
@@ -524,7 +535,10 @@ async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &R
         AnyStore::Kube(_) => LIVE_WAIT * 3,
         AnyStore::Directory(_) => LIVE_WAIT,
     };
-    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = store.changes();
+    let started = tokio::time::Instant::now();
+    let deadline = started + wait;
+    let mut next_progress = started + PROGRESS_EVERY;
     loop {
         let status = store
             .get::<Release>(name)
@@ -547,20 +561,69 @@ async fn report_rollout(store: &AnyStore, branch: &str, name: &str, reporter: &R
                         "`{branch}` failed to go live: {}; the previous release keeps serving",
                         status.reason.unwrap_or_default()
                     ),
-                    None,
+                    Some(&format!(
+                        "`{tool} get releases` and `{tool} describe webspace` show more"
+                    )),
                 );
                 return;
             }
             _ => {}
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let why = rollout_state(store, webspace, branch).await;
             reporter.say(&format!(
-                "slipway: `{branch}` is not live after {}s; `{tool} get releases` shows its state",
+                "slipway: `{branch}` is not live after {}s ({why}); it may still go live: `{tool} get releases` shows its state",
                 wait.as_secs()
             ));
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if now >= next_progress {
+            next_progress = now + PROGRESS_EVERY;
+            let state = rollout_state(store, webspace, branch).await;
+            reporter.say(&format!(
+                "slipway: waiting for `{branch}` to go live ({}s): {state}",
+                now.duration_since(started).as_secs()
+            ));
+        }
+        let wake = deadline
+            .min(next_progress)
+            .min(now + std::time::Duration::from_secs(1));
+        loop {
+            let change = tokio::select! {
+                () = tokio::time::sleep_until(wake) => break,
+                change = changes.recv() => change,
+            };
+            match change {
+                Ok(change)
+                    if change.plural == "releases"
+                        && change.name != name
+                        && !change.name.is_empty() => {}
+                Ok(_) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// What the operator last said about `branch`: its instances and the Webspace's `Ready`
+/// condition.
+async fn rollout_state(store: &AnyStore, webspace: &str, branch: &str) -> String {
+    let Some(webspace) = store.get::<Webspace>(webspace).await.ok().flatten() else {
+        return "no status yet".to_owned();
+    };
+    let status = webspace.status.unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_else(|| "no status yet".to_owned());
+    match status.branches.iter().find(|b| b.branch == branch) {
+        Some(b) => format!(
+            "{} instance(s) of `{}` ready; {ready}",
+            b.ready_replicas, b.release
+        ),
+        None => ready,
     }
 }
 
@@ -750,7 +813,7 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
             Update::Branch { branch, commit } => {
                 let name = release::name(&config.webspace, branch, commit);
                 if config.rollout || config.store == Backend::Kube {
-                    report_rollout(&store, branch, &name, reporter).await;
+                    report_rollout(&store, &config.webspace, branch, &name, reporter).await;
                 } else {
                     reporter.say(&format!(
                         "slipway: `{branch}` at {} is released as `{name}`; this server does not run apps (`slipway up` does)",

@@ -6,7 +6,7 @@
 //! order, whatever happened before. A release that failed (or is only staged, or superseded)
 //! never becomes desired, so the previous promoted release keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use slipway_api::names::branch_label;
 use slipway_api::{Release, Runtime, Webspace};
@@ -57,6 +57,34 @@ pub fn newest_per_branch<'a>(
         }
     }
     newest
+}
+
+/// The Releases to delete so that each (webspace, branch) keeps its newest `keep`: never one
+/// in `serving`, and never a staged one (its push is still deciding).
+pub fn prunable<'a>(
+    releases: &'a [Release],
+    keep: usize,
+    serving: &HashSet<String>,
+) -> Vec<&'a Release> {
+    let mut by_branch: BTreeMap<(&str, &str), Vec<&Release>> = BTreeMap::new();
+    for release in releases {
+        by_branch
+            .entry((release.spec.webspace.as_str(), release.spec.branch.as_str()))
+            .or_default()
+            .push(release);
+    }
+    let mut doomed = Vec::new();
+    for mut list in by_branch.into_values() {
+        if list.len() <= keep {
+            continue;
+        }
+        list.sort_by_key(|r| std::cmp::Reverse(r.order()));
+        doomed.extend(list.into_iter().skip(keep).filter(|r| {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            !serving.contains(name) && r.phase() != "Staged"
+        }));
+    }
+    doomed
 }
 
 /// Decides what should run. See the module's guarantees.

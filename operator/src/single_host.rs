@@ -308,24 +308,7 @@ async fn prune_old_releases<S: Store>(
     releases: &[Release],
     serving: &HashSet<String>,
 ) -> Result<(), StoreError> {
-    let mut by_branch: HashMap<(&str, &str), Vec<&Release>> = HashMap::new();
-    for release in releases {
-        by_branch
-            .entry((release.spec.webspace.as_str(), release.spec.branch.as_str()))
-            .or_default()
-            .push(release);
-    }
-    let mut doomed = Vec::new();
-    for mut list in by_branch.into_values() {
-        if list.len() <= KEEP_RELEASES {
-            continue;
-        }
-        list.sort_by_key(|r| std::cmp::Reverse(r.order()));
-        doomed.extend(list.into_iter().skip(KEEP_RELEASES).filter(|r| {
-            let name = r.metadata.name.as_deref().unwrap_or_default();
-            !serving.contains(name) && r.phase() != "Staged"
-        }));
-    }
+    let doomed = crate::desired::prunable(releases, KEEP_RELEASES, serving);
     let image_of = |r: &Release| {
         r.spec
             .image

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use tokio::sync::broadcast;
 
-use crate::{Change, DirectoryStore, Kind, KubeStore, Store, StoreError};
+use crate::{
+    Change, DirectoryStore, GIT_SERVER_FIELD_MANAGER, Kind, KubeStore, Store, StoreError,
+    WatchHealth,
+};
 
 /// Where resources live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,15 +40,37 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
-    /// Opens the store `backend` names; `data` is only used by the directory store.
+    /// Opens the store `backend` names; `data` is only used by the directory store, and
+    /// `field_manager` (who is writing, for server-side apply) only by the Kubernetes one.
     ///
     /// # Errors
     /// The directory cannot be created, or no Kubernetes configuration is usable.
-    pub async fn open(backend: Backend, data: &Path) -> Result<Self, StoreError> {
+    pub async fn open_as(
+        backend: Backend,
+        data: &Path,
+        field_manager: &str,
+    ) -> Result<Self, StoreError> {
         Ok(match backend {
             Backend::Directory => Self::Directory(DirectoryStore::open(data)?),
-            Backend::Kube => Self::Kube(KubeStore::connect().await?),
+            Backend::Kube => Self::Kube(KubeStore::connect_as(field_manager).await?),
         })
+    }
+
+    /// [`AnyStore::open_as`] for the git server's side: its hooks, which open the store
+    /// without naming a field manager, write as [`GIT_SERVER_FIELD_MANAGER`].
+    ///
+    /// # Errors
+    /// As [`AnyStore::open_as`].
+    pub async fn open(backend: Backend, data: &Path) -> Result<Self, StoreError> {
+        Self::open_as(backend, data, GIT_SERVER_FIELD_MANAGER).await
+    }
+
+    /// Whether the store's watches are current (always, for a data directory).
+    pub fn watch_health(&self) -> WatchHealth {
+        match self {
+            Self::Directory(_) => WatchHealth::default(),
+            Self::Kube(store) => store.watch_health(),
+        }
     }
 }
 

@@ -17,7 +17,10 @@ use tokio::sync::broadcast;
 pub use any::{AnyStore, Backend};
 pub use directory::DirectoryStore;
 pub use documents::{Applied, ApplyError, Outcome, TableKind, apply_documents, kind_of};
-pub use kube_api::{FIELD_MANAGER, KubeStore};
+pub use kube_api::{
+    CLI_FIELD_MANAGER, FIELD_MANAGER, GIT_SERVER_FIELD_MANAGER, KubeStore, OPERATOR_FIELD_MANAGER,
+    WatchHealth,
+};
 pub use table::{Format, ShowError, show};
 
 /// A resource kind the store can hold: one of Slipway's four CRD types.

@@ -2,11 +2,11 @@
 //! act: the holder renews it; another replica takes it over only after it expired. Updates
 //! carry the Lease's resourceVersion, so of two replicas racing for it exactly one wins.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 
@@ -42,7 +42,39 @@ fn spec(
     }
 }
 
-/// Takes or renews the Lease; `true` when this replica holds it afterwards.
+/// What this replica last saw of another's Lease, and when by its own clock: a Lease counts as
+/// expired when it has not changed for its duration as measured here, so a holder whose clock
+/// runs ahead (renew times in the future) cannot keep it forever, and one whose clock runs
+/// behind does not lose it early.
+#[derive(Debug, Default)]
+pub struct Observed {
+    seen: Option<(Option<String>, Option<MicroTime>, Instant)>,
+}
+
+impl Observed {
+    /// Whether the Lease with this holder and renew time has gone `duration` unchanged.
+    fn expired(
+        &mut self,
+        holder: Option<&str>,
+        renewed: Option<&MicroTime>,
+        duration: Duration,
+        at: Instant,
+    ) -> bool {
+        match &self.seen {
+            Some((h, r, since)) if h.as_deref() == holder && r.as_ref() == renewed => {
+                at.saturating_duration_since(*since) >= duration
+            }
+            _ => {
+                self.seen = Some((holder.map(str::to_owned), renewed.cloned(), at));
+                false
+            }
+        }
+    }
+}
+
+/// Takes or renews the Lease; `true` when this replica holds it afterwards. `now` is written
+/// into the Lease; `at` (this replica's monotonic clock) and `observed` judge another holder's
+/// expiry.
 ///
 /// # Errors
 /// The API failed otherwise than by losing a race.
@@ -50,6 +82,8 @@ pub async fn try_lead(
     api: &Api<Lease>,
     election: &Election,
     now: Timestamp,
+    at: Instant,
+    observed: &mut Observed,
 ) -> Result<bool, kube::Error> {
     let Some(mut lease) = api.get_opt(&election.name).await? else {
         let lease = Lease {
@@ -67,17 +101,22 @@ pub async fn try_lead(
     };
     let current = lease.spec.clone().unwrap_or_default();
     let mine = current.holder_identity.as_deref() == Some(election.holder.as_str());
-    let expires = current.renew_time.as_ref().map(|t| {
-        t.0.saturating_add(SignedDuration::from_secs(i64::from(
-            current.lease_duration_seconds.unwrap_or(0),
-        )))
-        .unwrap_or(t.0)
-    });
     let held = current
         .holder_identity
         .as_deref()
         .is_some_and(|h| !h.is_empty());
-    if !mine && held && expires.is_some_and(|at| at > now) {
+    let duration = Duration::from_secs(
+        u64::try_from(current.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+    );
+    if !mine
+        && held
+        && !observed.expired(
+            current.holder_identity.as_deref(),
+            current.renew_time.as_ref(),
+            duration,
+            at,
+        )
+    {
         return Ok(false);
     }
     let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!mine);
@@ -150,7 +189,13 @@ mod tests {
             (Method::POST, LIST, Answer::Echo),
         ]);
         let api = Api::namespaced(client, "slipway-system");
-        assert!(try_lead(&api, &election("a"), now()).await.expect("lead"));
+        let mut observed = Observed::default();
+        let at = Instant::now();
+        assert!(
+            try_lead(&api, &election("a"), now(), at, &mut observed)
+                .await
+                .expect("lead")
+        );
         let bodies = server.finish().await;
         assert_eq!(bodies[1]["spec"]["holderIdentity"], "a");
     }
@@ -163,26 +208,50 @@ mod tests {
             Answer::Json(held_by("b", "2026-01-01T00:00:50Z")),
         )]);
         let api = Api::namespaced(client, "slipway-system");
-        assert!(!try_lead(&api, &election("a"), now()).await.expect("lead"));
+        let mut observed = Observed::default();
+        assert!(
+            !try_lead(&api, &election("a"), now(), Instant::now(), &mut observed)
+                .await
+                .expect("lead")
+        );
         server.finish().await;
     }
 
+    /// The holder's renew time is in the distant past by this replica's clock (their clocks
+    /// differ): that alone expires nothing; 15 s without change seen here does.
     #[tokio::test]
-    async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+    async fn expiry_is_judged_by_this_replicas_clock_and_the_lease_is_taken_with_its_version() {
+        let stale = || Answer::Json(held_by("b", "2026-01-01T00:00:30Z"));
         let (client, server) = Server::start(vec![
-            (
-                Method::GET,
-                PATH,
-                Answer::Json(held_by("b", "2026-01-01T00:00:30Z")),
-            ),
+            (Method::GET, PATH, stale()),
+            (Method::GET, PATH, stale()),
+            (Method::GET, PATH, stale()),
             (Method::PUT, PATH, Answer::Echo),
         ]);
         let api = Api::namespaced(client, "slipway-system");
-        assert!(try_lead(&api, &election("a"), now()).await.expect("lead"));
+        let mut observed = Observed::default();
+        let start = Instant::now();
+        let mut lead_at = async |secs| {
+            try_lead(
+                &api,
+                &election("a"),
+                now(),
+                start + Duration::from_secs(secs),
+                &mut observed,
+            )
+            .await
+            .expect("lead")
+        };
+        assert!(
+            !lead_at(0).await,
+            "first sight: not expired whatever its time"
+        );
+        assert!(!lead_at(14).await, "unchanged for 14 s of 15");
+        assert!(lead_at(15).await, "unchanged for 15 s");
         let bodies = server.finish().await;
-        assert_eq!(bodies[1]["metadata"]["resourceVersion"], "7");
-        assert_eq!(bodies[1]["spec"]["holderIdentity"], "a");
-        assert_eq!(bodies[1]["spec"]["leaseTransitions"], 4);
+        assert_eq!(bodies[3]["metadata"]["resourceVersion"], "7");
+        assert_eq!(bodies[3]["spec"]["holderIdentity"], "a");
+        assert_eq!(bodies[3]["spec"]["leaseTransitions"], 4);
     }
 
     #[tokio::test]
@@ -192,7 +261,12 @@ mod tests {
             (Method::POST, LIST, Answer::Status(409)),
         ]);
         let api = Api::namespaced(client, "slipway-system");
-        assert!(!try_lead(&api, &election("a"), now()).await.expect("lead"));
+        let mut observed = Observed::default();
+        assert!(
+            !try_lead(&api, &election("a"), now(), Instant::now(), &mut observed)
+                .await
+                .expect("lead")
+        );
         server.finish().await;
     }
 }

@@ -9,6 +9,22 @@ pub(crate) mod scripted;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_backoff_stays_within_two_seconds() {
+        let delays: Vec<Duration> = WatchBackoff::new().take(8).collect();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert_eq!(delays[3], Duration::from_secs(2));
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
+    }
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +43,60 @@ pub use objects::Settings;
 pub use reconcile::{Context, error_policy, reconcile};
 
 use crate::metrics::Metrics;
+
+/// The controller's pause after a watch error: 250 ms doubling to 2 s, back to 250 ms after
+/// 10 s without errors. kube-runtime's default grows to 30 s and pauses every watch of the
+/// controller at once; after an API server restart its six watches' errors, one after the
+/// other, kept the operator from reconciling for over three minutes (seen on a real cluster).
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(2);
+    const RESET_AFTER: Duration = Duration::from_secs(10);
+
+    /// A backoff at its first step.
+    pub fn new() -> Self {
+        Self {
+            next: Self::FIRST,
+            last: None,
+        }
+    }
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) > Self::RESET_AFTER)
+        {
+            self.next = Self::FIRST;
+        }
+        self.last = Some(now);
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
 
 /// Runs the controller until `stop`.
 pub async fn control(
@@ -66,12 +136,16 @@ pub async fn control(
                     .collect::<Vec<_>>()
             },
         )
+        .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(webspace = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(error = %crate::chain(&error), "reconcile error"),
+                // Failed reconciles are logged by the error policy; anything else is a watch
+                // that broke (the API server away, a permission missing).
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => tracing::warn!(error = %crate::chain(&error), "controller watch failed; retrying"),
             }
         })
         .await;
@@ -90,13 +164,27 @@ pub async fn run(
     let leases: Api<Lease> = Api::namespaced(client.clone(), lease_namespace);
     let renew = election.duration / 3;
     let mut leading: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    let mut observed = lease::Observed::default();
+    // When this replica last renewed the Lease, by its own clock: while renewals fail it keeps
+    // leading until the Lease would have expired for the others, retrying meanwhile.
+    let mut renewed: Option<std::time::Instant> = None;
     loop {
         let now = k8s_openapi::jiff::Timestamp::now();
-        let lead = match lease::try_lead(&leases, &election, now).await {
-            Ok(lead) => lead,
+        let at = std::time::Instant::now();
+        let result = lease::try_lead(&leases, &election, now, at, &mut observed).await;
+        let failed = result.is_err();
+        let lead = match result {
+            Ok(lead) => {
+                renewed = lead.then_some(at);
+                lead
+            }
             Err(error) => {
-                tracing::warn!(error = %crate::chain(&error), "cannot read the leader Lease");
-                false
+                // Others count the duration from when they saw the last renewal, which was
+                // after it; 2 s of margin for the time this call took.
+                let margin = election.duration.saturating_sub(Duration::from_secs(2));
+                let valid = renewed.is_some_and(|r| at.duration_since(r) < margin);
+                tracing::warn!(error = %crate::chain(&error), still_leading = valid, "cannot renew the leader Lease; retrying");
+                valid
             }
         };
         metrics.set_leader(lead);
@@ -123,7 +211,7 @@ pub async fn run(
         }
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep(if lead { renew } else { renew.max(Duration::from_secs(2)) }) => {}
+            () = tokio::time::sleep(if failed { Duration::from_secs(1) } else if lead { renew } else { renew.max(Duration::from_secs(2)) }) => {}
         }
     }
     if let Some((token, task)) = leading.take() {

@@ -9,9 +9,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment as KubeDeployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, Namespace, PodSpec, PodTemplateSpec, Probe,
-    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SecurityContext, Service, ServicePort,
-    ServiceSpec,
+    Capabilities, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, Lifecycle,
+    LifecycleHandler, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -35,38 +36,45 @@ pub const WEBSPACE_LABEL: &str = "slipway.dev/webspace";
 pub const BRANCH_LABEL: &str = "slipway.dev/branch";
 /// Label: the customer a namespace belongs to.
 pub const CUSTOMER_LABEL: &str = "slipway.dev/customer";
+/// Label on a pod: the Release it runs (a DNS label, so it fits a label value).
+pub const RELEASE_LABEL: &str = "slipway.dev/release";
 /// Annotation on a Deployment: the Release it runs.
 pub const RELEASE_ANNOTATION: &str = "slipway.dev/release";
 /// Name of the per-namespace ResourceQuota.
 pub const QUOTA_NAME: &str = "slipway";
+/// Seconds a stopping pod keeps serving before it gets SIGTERM (see [`deployment`]).
+const PRE_STOP_SECONDS: &str = "3";
 /// Name of the per-namespace NetworkPolicy.
 pub const POLICY_NAME: &str = "slipway-isolation";
 
-/// Limits of one customer's namespace.
+/// Limits of one customer's namespace: a number of pods; its CPU and memory totals are that
+/// many times one app container's requests and limits, so the quota never refuses a pod while
+/// fewer than `pods` run. Rollouts count: a branch rolling out runs one surge pod beside its
+/// replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
-    /// Pods at most.
-    pub pods: String,
-    /// Sum of CPU requests.
-    pub requests_cpu: String,
-    /// Sum of memory requests.
-    pub requests_memory: String,
-    /// Sum of CPU limits.
-    pub limits_cpu: String,
-    /// Sum of memory limits.
-    pub limits_memory: String,
+    /// Pods at most, surge pods of rollouts included.
+    pub pods: u32,
 }
 
 impl Default for Quota {
     fn default() -> Self {
-        Self {
-            pods: "50".into(),
-            requests_cpu: "4".into(),
-            requests_memory: "8Gi".into(),
-            limits_cpu: "8".into(),
-            limits_memory: "16Gi".into(),
-        }
+        Self { pods: 16 }
     }
+}
+
+/// `quantity` times `n`, in the quantity's own unit (`500m` × 16 = `8000m`); `None` when it is
+/// not a plain number with an optional unit suffix.
+fn times(quantity: &str, n: u32) -> Option<String> {
+    let digits = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, unit) = quantity.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    if !["", "m", "k", "M", "G", "Ki", "Mi", "Gi"].contains(&unit) {
+        return None;
+    }
+    Some(format!("{}{unit}", number.checked_mul(u64::from(n))?))
 }
 
 /// Settings of the Kubernetes driver.
@@ -110,7 +118,7 @@ impl Default for Settings {
             ingress_namespace: "ingress-nginx".into(),
             quota: Quota::default(),
             requests: ("50m".into(), "64Mi".into()),
-            limits: ("1".into(), "512Mi".into()),
+            limits: ("500m".into(), "512Mi".into()),
         }
     }
 }
@@ -162,9 +170,19 @@ pub fn namespace_name(customer: &str) -> String {
     object_name(&format!("slipway-{customer}"))
 }
 
-/// The name of a branch's Deployment, Service and Ingress.
+/// The name of a branch's Deployment, Service and Ingress: `WEBSPACE-LABEL-HASH`, the hash
+/// over the pair. Webspace names and branch labels may both contain `-`, so without it
+/// `shop` + `api-main` and `shop-api` + `main` would share `shop-api-main` in one customer's
+/// namespace.
 pub fn branch_object_name(deployment: &Deployment) -> String {
-    object_name(&format!("{}-{}", deployment.webspace, deployment.label))
+    let pair = format!("{}/{}", deployment.webspace, deployment.label);
+    let hash = format!("{:x}", Sha256::digest(pair.as_bytes()));
+    object_name(&format!(
+        "{}-{}-{}",
+        deployment.webspace,
+        deployment.label,
+        hash.get(..6).unwrap_or(&hash)
+    ))
 }
 
 fn owner<K: Resource<DynamicType = ()>>(resource: &K) -> OwnerReference {
@@ -215,7 +233,11 @@ pub fn namespace(customer: &Customer) -> Namespace {
 
 /// The customer's quota: pods, CPU and memory, and no LoadBalancer or NodePort Services.
 pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
-    let q = &settings.quota;
+    let pods = settings.quota.pods;
+    let total = |per_pod: &str| times(per_pod, pods).unwrap_or_else(|| per_pod.to_owned());
+    let (requests_cpu, requests_memory) =
+        (total(&settings.requests.0), total(&settings.requests.1));
+    let (limits_cpu, limits_memory) = (total(&settings.limits.0), total(&settings.limits.1));
     ResourceQuota {
         metadata: ObjectMeta {
             name: Some(QUOTA_NAME.into()),
@@ -225,11 +247,11 @@ pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
         },
         spec: Some(ResourceQuotaSpec {
             hard: Some(quantities(&[
-                ("pods", &q.pods),
-                ("requests.cpu", &q.requests_cpu),
-                ("requests.memory", &q.requests_memory),
-                ("limits.cpu", &q.limits_cpu),
-                ("limits.memory", &q.limits_memory),
+                ("pods", &pods.to_string()),
+                ("requests.cpu", &requests_cpu),
+                ("requests.memory", &requests_memory),
+                ("limits.cpu", &limits_cpu),
+                ("limits.memory", &limits_memory),
                 ("services.loadbalancers", "0"),
                 ("services.nodeports", "0"),
             ])),
@@ -300,6 +322,14 @@ pub fn selector(deployment: &Deployment) -> BTreeMap<String, String> {
     ])
 }
 
+/// A pod's labels: the branch's selector and the Release it runs, so the operator can tell
+/// the pods of a new release from those of the one it replaces.
+pub fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    let mut labels = selector(deployment);
+    labels.insert(RELEASE_LABEL.to_owned(), deployment.release.clone());
+    labels
+}
+
 /// A branch's Deployment: the release's image (by digest), `PORT` and `spec.env`, a readiness
 /// probe on the HTTP port, a rolling update that never drops below the wanted replicas, and a
 /// progress deadline that marks a rollout failed.
@@ -325,6 +355,7 @@ pub fn deployment(
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: i32::from(wanted.port),
+            protocol: Some("TCP".into()),
             ..Default::default()
         }]),
         readiness_probe: Some(Probe {
@@ -348,8 +379,26 @@ pub fn deployment(
             ])),
             ..Default::default()
         }),
+        // A stopping pod keeps serving for a moment: its Service drops it only once kube-proxy
+        // saw it terminating, and an app that exits on SIGTERM at once would refuse the
+        // requests routed to it meanwhile. An image without `sleep` fails the hook, and the
+        // kubelet stops it right away, as without one.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["sleep".into(), PRE_STOP_SECONDS.into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        // As on one host: no raw sockets (no forged packets to neighbours), no setuid gains.
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["NET_RAW".into()]),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -381,11 +430,18 @@ pub fn deployment(
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(selector(wanted)),
+                    labels: Some(pod_labels(wanted)),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     ..Default::default()
@@ -406,6 +462,9 @@ pub fn service(webspace: &Webspace, namespace: &str, wanted: &Deployment) -> Ser
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: 80,
+                // Kubernetes defaults it, but server-side apply before 1.21 refuses a port
+                // without it (the list's key is `port` + `protocol`; kubernetes#98576).
+                protocol: Some("TCP".into()),
                 target_port: Some(IntOrString::String("http".into())),
                 ..Default::default()
             }]),
@@ -633,6 +692,43 @@ pub(crate) mod tests {
         assert_ne!(one, two);
         assert!(object_name("1blog-main").starts_with("s-blog-main-"));
         assert_eq!(object_name("blog-main"), "blog-main");
+    }
+
+    #[test]
+    fn the_quota_admits_exactly_its_pods_at_their_limits() {
+        assert_eq!(times("500m", 16).as_deref(), Some("8000m"));
+        assert_eq!(times("512Mi", 16).as_deref(), Some("8192Mi"));
+        assert_eq!(times("1", 3).as_deref(), Some("3"));
+        assert_eq!(times("1.5", 2), None);
+        let settings = Settings::default();
+        let quota = quota("ns", &settings);
+        let hard = quota.spec.and_then(|s| s.hard).expect("hard");
+        let get = |key: &str| hard.get(key).map(|q| q.0.clone()).expect(key);
+        assert_eq!(get("pods"), "16");
+        assert_eq!(get("limits.cpu"), "8000m", "16 pods × 500m");
+        assert_eq!(get("limits.memory"), "8192Mi");
+        assert_eq!(get("requests.cpu"), "800m");
+        assert_eq!(get("requests.memory"), "1024Mi");
+    }
+
+    #[test]
+    fn names_of_two_webspaces_never_collide_in_one_namespace() {
+        let named = |webspace: &str, label: &str| {
+            branch_object_name(&Deployment {
+                webspace: webspace.into(),
+                branch: label.into(),
+                label: label.into(),
+                release: "r".into(),
+                image: "i".into(),
+                port: 8080,
+                replicas: 1,
+                env: Default::default(),
+                hosts: vec![],
+            })
+        };
+        assert_ne!(named("shop", "api-main"), named("shop-api", "main"));
+        assert!(named("shop", "api-main").starts_with("shop-api-main-"));
+        assert!(named(&"w".repeat(63), &"b".repeat(63)).len() <= 63);
     }
 
     #[test]

@@ -6,23 +6,26 @@
 //! A rollout that misses its progress deadline fails its Release; the shared decisions then
 //! pick the previous release again and the next apply restores its image.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
-use k8s_openapi::api::core::v1::{ResourceQuota, Service};
+use k8s_openapi::api::apps::v1::{Deployment as KubeDeployment, DeploymentCondition};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use slipway_api::resources::BranchStatus;
 use slipway_api::{Customer, Release, Runtime, Webspace};
-use slipway_store::FIELD_MANAGER;
+use slipway_store::OPERATOR_FIELD_MANAGER as FIELD_MANAGER;
 
-use super::objects::{self, BRANCH_LABEL, RELEASE_ANNOTATION, Settings, WEBSPACE_LABEL};
+use super::objects::{
+    self, BRANCH_LABEL, RELEASE_ANNOTATION, RELEASE_LABEL, Settings, WEBSPACE_LABEL,
+};
 use crate::Deployment;
 use crate::metrics::Metrics;
 use crate::status::{Observed, webspace_status};
@@ -46,6 +49,8 @@ pub struct Context {
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    /// This replica, in the Events it records.
+    instance: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -64,6 +69,60 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.to_owned()),
+        }
+    }
+
+    /// A Warning Event on `object` (`kubectl describe` shows it); best effort, since the
+    /// status says the same.
+    ///
+    /// A core/v1 Event without `eventTime`, not kube-rs' events.k8s.io recorder: before 1.22
+    /// the API server accepts a new-style event about a cluster-scoped object only in
+    /// `kube-system` (seen on 1.20), and `kubectl describe` finds events of cluster-scoped
+    /// objects by an empty `involvedObject.namespace`, so such events go to `default`.
+    async fn warn<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let regarding = object.object_ref(&());
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or("slipway"),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: regarding,
+            type_: Some("Warning".into()),
+            reason: Some(reason.into()),
+            action: Some(action.into()),
+            // Messages are cut to 1 kB as the Events API wants.
+            message: Some(note.chars().take(1000).collect()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            }),
+            reporting_component: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        let events: Api<CoreEvent> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = events.create(&PostParams::default(), &event).await {
+            tracing::warn!(error = %crate::chain(&error), reason, "cannot record an event");
         }
     }
 }
@@ -136,19 +195,25 @@ fn branch_of(deployment: &KubeDeployment) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Why the Deployment's rollout failed, if it missed its progress deadline.
-fn deadline_missed(deployment: &KubeDeployment) -> Option<String> {
+/// The Deployment's condition of `kind` with status `status`, if it has one.
+fn condition<'a>(
+    deployment: &'a KubeDeployment,
+    kind: &str,
+    status: &str,
+) -> Option<&'a DeploymentCondition> {
     deployment
         .status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| {
-            c.type_ == "Progressing"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        })
+        .find(|c| c.type_ == kind && c.status == status)
+}
+
+/// Why the Deployment's rollout failed, if it missed its progress deadline.
+fn deadline_missed(deployment: &KubeDeployment) -> Option<String> {
+    condition(deployment, "Progressing", "False")
+        .filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
         .map(|c| {
             format!(
                 "the rollout missed its progress deadline ({})",
@@ -230,6 +295,33 @@ pub fn error_policy(webspace: Arc<Webspace>, error: &Error, context: Arc<Context
     Action::requeue(delay)
 }
 
+/// What went wrong in one pass, without stopping it: each branch and object is tried, and all
+/// of it reaches the Webspace's status and Events.
+#[derive(Default)]
+struct Problems(Vec<Error>);
+
+impl Problems {
+    fn check<T>(&mut self, result: Result<T, Error>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.0.push(error);
+                None
+            }
+        }
+    }
+
+    fn summary(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| {
+            self.0
+                .iter()
+                .map(|e| crate::chain(e))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
 async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Action, Error> {
     if webspace.metadata.deletion_timestamp.is_some() {
         // Owner references delete the branch objects; nothing outside the cluster to clean.
@@ -245,29 +337,48 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         .await
         .map_err(call("read", || format!("Customer {customer_name}")))?
     else {
+        let why = format!("customer `{customer_name}` does not exist");
         let status = webspace_status(Observed {
             webspace,
             releases: &[],
             wanted: &[],
             branches: Vec::new(),
-            error: Some(format!("customer `{customer_name}` does not exist")),
+            error: Some(why.clone()),
             now: &crate::status::now(),
         });
+        if webspace.status.as_ref().and_then(|s| s.last_error.as_ref()) != Some(&why) {
+            context
+                .warn(webspace, "CustomerMissing", "Reconcile", &why)
+                .await;
+        }
         write_status(client, webspace, status).await?;
         return Ok(Action::requeue(CUSTOMER_MISSING));
     };
+    let mut problems = Problems::default();
     let namespace = objects::namespace_name(customer_name);
-    apply(&Api::all(client.clone()), &objects::namespace(&customer)).await?;
-    apply(
-        &Api::<ResourceQuota>::namespaced(client.clone(), &namespace),
-        &objects::quota(&namespace, settings),
-    )
-    .await?;
-    apply(
-        &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
-        &objects::network_policy(&namespace, settings),
-    )
-    .await?;
+    let namespaced = match apply(&Api::all(client.clone()), &objects::namespace(&customer)).await {
+        Ok(()) => true,
+        Err(error) => {
+            problems.0.push(error);
+            false
+        }
+    };
+    if namespaced {
+        problems.check(
+            apply(
+                &Api::<ResourceQuota>::namespaced(client.clone(), &namespace),
+                &objects::quota(&namespace, settings),
+            )
+            .await,
+        );
+        problems.check(
+            apply(
+                &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
+                &objects::network_policy(&namespace, settings),
+            )
+            .await,
+        );
+    }
 
     let release_api: Api<Release> = Api::all(client.clone());
     let mut releases: Vec<Release> = release_api
@@ -283,15 +394,31 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         .await
         .map_err(call("list", || "Runtimes".into()))?
         .items;
-    let deployments: Api<KubeDeployment> = Api::namespaced(client.clone(), &namespace);
-    let current = deployments
-        .list(&ListParams::default().labels(&format!("{WEBSPACE_LABEL}={name}")))
-        .await
-        .map_err(call("list", || format!("Deployments in {namespace}")))?
-        .items;
+    let mine = ListParams::default().labels(&format!("{WEBSPACE_LABEL}={name}"));
+    // Across namespaces: a Webspace moved to another customer leaves objects in the old one.
+    let (current, elsewhere): (Vec<KubeDeployment>, Vec<KubeDeployment>) =
+        Api::<KubeDeployment>::all(client.clone())
+            .list(&mine)
+            .await
+            .map_err(call("list", || {
+                format!("the Deployments of Webspace {name}")
+            }))?
+            .items
+            .into_iter()
+            .filter(|d| owned_by(d, webspace))
+            .partition(|d| d.metadata.namespace.as_deref() == Some(namespace.as_str()));
+    let pods: Vec<Pod> = if namespaced {
+        Api::<Pod>::namespaced(client.clone(), &namespace)
+            .list(&mine)
+            .await
+            .map_err(call("list", || format!("the pods of Webspace {name}")))?
+            .items
+    } else {
+        Vec::new()
+    };
     let deployed = |label: &str| current.iter().find(|d| branch_of(d) == Some(label));
 
-    // A rollout past its deadline fails its Release; deciding again brings the previous one.
+    // A rollout that cannot finish fails its Release; deciding again brings the previous one.
     let decide = |releases: &[Release]| {
         crate::desired(
             std::slice::from_ref(webspace),
@@ -301,28 +428,46 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         )
     };
     let mut wanted = decide(&releases);
-    let stuck: Vec<(String, String)> = wanted
-        .iter()
-        .filter_map(|w| {
-            let running = deployed(&w.label)?;
-            if release_of(running) != Some(w.release.as_str()) {
-                return None;
+    let mut stuck: Vec<(String, String, String)> = Vec::new();
+    for branch in &wanted {
+        let Some(running) = deployed(&branch.label) else {
+            continue;
+        };
+        if release_of(running) != Some(branch.release.as_str()) {
+            continue;
+        }
+        let why = match pods_failure(&pods, &branch.release) {
+            Some((pod, why)) => {
+                let logs = last_log_lines(client, &namespace, &pod).await;
+                Some(if logs.is_empty() {
+                    why
+                } else {
+                    format!("{why}; last log lines: {}", logs.join(" | "))
+                })
             }
-            deadline_missed(running).map(|why| (w.release.clone(), why))
-        })
-        .collect();
+            None => deadline_missed(running),
+        };
+        if let Some(why) = why {
+            stuck.push((branch.release.clone(), branch.branch.clone(), why));
+        }
+    }
     if !stuck.is_empty() {
-        for (failed, why) in stuck {
+        for (failed, branch, why) in stuck {
             set_release_status(
                 &release_api,
                 &failed,
-                serde_json::json!({"phase": "Failed", "reason": why}),
+                serde_json::json!({"phase": "Failed", "reason": why, "url": null}),
             )
             .await?;
+            let note = format!("release {failed} of `{branch}` failed: {why}");
+            context
+                .warn(webspace, "ReleaseFailed", "Rollout", &note)
+                .await;
             if let Some(release) = releases
                 .iter_mut()
                 .find(|r| r.metadata.name.as_deref() == Some(failed.as_str()))
             {
+                context.warn(release, "Failed", "Rollout", &why).await;
                 let status = release.status.get_or_insert_with(Default::default);
                 status.phase = Some("Failed".into());
                 status.reason = Some(why);
@@ -331,41 +476,72 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         wanted = decide(&releases);
     }
 
+    let deployments: Api<KubeDeployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &namespace);
-    for branch in &wanted {
-        apply(
-            &deployments,
-            &objects::deployment(webspace, &namespace, branch, settings),
-        )
-        .await?;
-        apply(&services, &objects::service(webspace, &namespace, branch)).await?;
-        match objects::ingress(webspace, &namespace, branch, settings) {
-            Some(ingress) => apply(&ingresses, &ingress).await?,
-            None => delete_if_present(&ingresses, &objects::branch_object_name(branch)).await?,
+    if namespaced {
+        for branch in &wanted {
+            let applied = async {
+                apply(
+                    &deployments,
+                    &objects::deployment(webspace, &namespace, branch, settings),
+                )
+                .await?;
+                apply(&services, &objects::service(webspace, &namespace, branch)).await?;
+                match objects::ingress(webspace, &namespace, branch, settings) {
+                    Some(ingress) => apply(&ingresses, &ingress).await,
+                    None => {
+                        delete_if_present(&ingresses, &objects::branch_object_name(branch)).await
+                    }
+                }
+            };
+            problems.check(applied.await);
         }
     }
-    for stale in current.iter().filter(|d| {
+    let unwanted = current.iter().filter(|d| {
         !wanted
             .iter()
             .any(|w| Some(w.label.as_str()) == branch_of(d))
-    }) {
+    });
+    for stale in unwanted.chain(&elsewhere) {
         let object = stale.name_any();
-        delete_if_present(&ingresses, &object).await?;
-        delete_if_present(&services, &object).await?;
-        delete_if_present(&deployments, &object).await?;
+        let namespace = stale.namespace().unwrap_or_default();
+        let removed = async {
+            delete_if_present(
+                &Api::<Ingress>::namespaced(client.clone(), &namespace),
+                &object,
+            )
+            .await?;
+            delete_if_present(
+                &Api::<Service>::namespaced(client.clone(), &namespace),
+                &object,
+            )
+            .await?;
+            delete_if_present(
+                &Api::<KubeDeployment>::namespaced(client.clone(), &namespace),
+                &object,
+            )
+            .await
+        };
+        problems.check(removed.await);
     }
 
     let mut branches = Vec::new();
     let mut settled = true;
     for branch in &wanted {
-        let (ready, complete) = deployed(&branch.label)
-            .map(|d| readiness(d, branch))
-            .unwrap_or((0, false));
+        let running = deployed(&branch.label);
+        let (ready, complete) = running.map(|d| readiness(d, branch)).unwrap_or((0, false));
+        if let Some(why) = running.and_then(cannot_create_pods) {
+            problems.0.push(Error {
+                operation: "create pods for",
+                what: format!("branch `{}`", branch.branch),
+                source: kube::Error::Service(why.into()),
+            });
+        }
         let url = settings.url(branch).unwrap_or_default();
         settled &= complete;
         if complete {
-            mark_live(&release_api, &releases, branch, &url).await?;
+            problems.check(mark_live(&release_api, &releases, branch, &url).await);
         }
         branches.push(BranchStatus {
             branch: branch.branch.clone(),
@@ -375,22 +551,132 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             ready_replicas: ready,
         });
     }
+    let serving: HashSet<String> = wanted.iter().map(|w| w.release.clone()).collect();
+    for old in crate::desired::prunable(&releases, crate::single_host::KEEP_RELEASES, &serving) {
+        problems.check(delete_if_present(&release_api, &old.name_any()).await);
+    }
     let mine: Vec<&Release> = releases.iter().collect();
     let wanted_refs: Vec<&Deployment> = wanted.iter().collect();
+    let error = problems.summary();
     let status = webspace_status(Observed {
         webspace,
         releases: &mine,
         wanted: &wanted_refs,
         branches,
-        error: None,
+        error: error.clone(),
         now: &crate::status::now(),
     });
+    if let Some(error) = &error
+        && webspace.status.as_ref().and_then(|s| s.last_error.as_ref()) != Some(error)
+    {
+        context
+            .warn(webspace, "ReconcileError", "Reconcile", error)
+            .await;
+    }
     write_status(client, webspace, status).await?;
+    if let Some(first) = problems.0.into_iter().next() {
+        return Err(first);
+    }
     Ok(Action::requeue(if settled {
         RESYNC
     } else {
         WATCH_ROLLOUT
     }))
+}
+
+/// Whether `deployment` is this Webspace's (and not a namesake's from before it was recreated).
+fn owned_by(deployment: &KubeDeployment, webspace: &Webspace) -> bool {
+    let uid = webspace.metadata.uid.as_deref();
+    deployment
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_none_or(|owners| {
+            owners
+                .iter()
+                .any(|o| Some(o.uid.as_str()) == uid || uid.is_none())
+        })
+}
+
+/// Why the Deployment cannot create its pods (a quota, an admission refusal), from its
+/// `ReplicaFailure` condition.
+fn cannot_create_pods(deployment: &KubeDeployment) -> Option<String> {
+    condition(deployment, "ReplicaFailure", "True")
+        .map(|c| c.message.clone().unwrap_or_else(|| "no message".into()))
+}
+
+/// Container states that do not get better by waiting.
+const HOPELESS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// A pod of `release` that cannot start, and why: the app keeps crashing, or its image cannot
+/// be pulled or run.
+fn pods_failure(pods: &[Pod], release: &str) -> Option<(String, String)> {
+    pods.iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(RELEASE_LABEL))
+                .map(String::as_str)
+                == Some(release)
+        })
+        .find_map(|pod| {
+            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+            statuses.iter().find_map(|c| {
+                let waiting = c.state.as_ref()?.waiting.as_ref()?;
+                let reason = waiting.reason.as_deref()?;
+                if !HOPELESS.contains(&reason) {
+                    return None;
+                }
+                let exit = c
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| format!(", exit code {}", t.exit_code))
+                    .unwrap_or_default();
+                let detail = match reason {
+                    "CrashLoopBackOff" => format!(
+                        "the app keeps exiting ({reason}, {} restarts{exit})",
+                        c.restart_count
+                    ),
+                    _ => format!(
+                        "the container cannot start ({reason}: {})",
+                        waiting.message.as_deref().unwrap_or("no message")
+                    ),
+                };
+                Some((pod.name_any(), detail))
+            })
+        })
+}
+
+/// The app's last log lines (of its previous run when it crashed), for the failure reason.
+async fn last_log_lines(client: &Client, namespace: &str, pod: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for previous in [true, false] {
+        let params = LogParams {
+            container: Some("app".into()),
+            previous,
+            tail_lines: Some(5),
+            limit_bytes: Some(2048),
+            ..Default::default()
+        };
+        if let Ok(text) = pods.logs(pod, &params).await
+            && !text.trim().is_empty()
+        {
+            return text
+                .lines()
+                .map(|l| l.chars().filter(|c| !c.is_control()).collect())
+                .collect();
+        }
+    }
+    Vec::new()
 }
 
 /// Marks the branch's release Live (with its URL) and older serving ones Superseded.
@@ -404,16 +690,28 @@ async fn mark_live(
         let name = release.name_any();
         if name == branch.release {
             if release.phase() != "Live" {
-                set_release_status(api, &name, serde_json::json!({"phase": "Live", "url": url}))
-                    .await?;
+                set_release_status(
+                    api,
+                    &name,
+                    serde_json::json!({"phase": "Live", "url": url, "reason": null}),
+                )
+                .await?;
             }
         } else if matches!(release.phase(), "Live" | "Promoted") {
-            set_release_status(api, &name, serde_json::json!({"phase": "Superseded"})).await?;
+            set_release_status(
+                api,
+                &name,
+                serde_json::json!({"phase": "Superseded", "url": null, "reason": null}),
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
+/// Writes the Webspace's status by server-side apply with the operator's field manager: a
+/// field this pass left out (a cleared `lastError`, a removed branch) is removed, which a merge
+/// patch would keep. Nothing is written when nothing changed.
 async fn write_status(
     client: &Client,
     webspace: &Webspace,
@@ -423,11 +721,16 @@ async fn write_status(
         return Ok(());
     }
     let name = webspace.name_any();
+    let body = serde_json::json!({
+        "apiVersion": Webspace::api_version(&()),
+        "kind": Webspace::kind(&()),
+        "status": status,
+    });
     Api::<Webspace>::all(client.clone())
         .patch_status(
             &name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
         )
         .await
         .map_err(call("update", || format!("the status of Webspace {name}")))?;

@@ -56,8 +56,9 @@ impl Server {
                 {
                     let query = request.uri().query().unwrap_or_default();
                     assert!(
-                        query.contains("fieldManager=slipway") && query.contains("force=true"),
-                        "step {step}: server-side apply as slipway, got {query}"
+                        query.contains("fieldManager=slipway-operator")
+                            && query.contains("force=true"),
+                        "step {step}: server-side apply as slipway-operator, got {query}"
                     );
                 }
                 let bytes = request.into_body().collect_bytes().await.expect("body");

@@ -24,7 +24,25 @@ const POLICY: &str =
 const RELEASES: &str = "/apis/slipway.dev/v1alpha1/releases";
 const RUNTIMES: &str = "/apis/slipway.dev/v1alpha1/runtimes";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/slipway-alice/deployments";
+const ALL_DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+const PODS: &str = "/api/v1/namespaces/slipway-alice/pods";
+const EVENTS: &str = "/api/v1/namespaces/default/events";
 const STATUS: &str = "/apis/slipway.dev/v1alpha1/webspaces/blog/status";
+
+/// The object name of blog's branch `label`.
+fn named(label: &str) -> String {
+    objects::branch_object_name(&crate::Deployment {
+        webspace: "blog".into(),
+        branch: label.into(),
+        label: label.into(),
+        release: String::new(),
+        image: String::new(),
+        port: 8080,
+        replicas: 1,
+        env: Default::default(),
+        hosts: vec![],
+    })
+}
 
 fn deployment_path(name: &str) -> String {
     format!("{DEPLOYMENTS}/{name}")
@@ -109,13 +127,15 @@ fn preamble(releases: &[Release], deployments: Vec<Value>) -> Vec<(Method, Strin
         (Method::GET, RUNTIMES.into(), list("RuntimeList", vec![])),
         (
             Method::GET,
-            DEPLOYMENTS.into(),
+            ALL_DEPLOYMENTS.into(),
             list("DeploymentList", deployments),
         ),
+        (Method::GET, PODS.into(), list("PodList", vec![])),
     ]
 }
 
-fn applies(name: &str) -> Vec<(Method, String, Answer)> {
+fn applies(label: &str) -> Vec<(Method, String, Answer)> {
+    let name = &named(label);
     vec![
         (Method::PATCH, deployment_path(name), Answer::Echo),
         (Method::PATCH, service_path(name), Answer::Echo),
@@ -147,14 +167,14 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
     let releases = [release("r1", "blog", "main", "Promoted")];
     let mut script = preamble(&releases, vec![]);
-    script.extend(applies("blog-main"));
+    script.extend(applies("main"));
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let (result, bodies) = play(blog(), script).await;
     assert_eq!(
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(5))
     );
-    let deployment = &bodies[7];
+    let deployment = &bodies[8];
     assert_eq!(
         deployment["metadata"]["annotations"]["slipway.dev/release"],
         "r1"
@@ -173,7 +193,10 @@ async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
         bodies[1]["metadata"]["ownerReferences"][0]["kind"],
         "Customer"
     );
-    let status = &bodies[10];
+    let service = &bodies[9];
+    assert_eq!(service["spec"]["ports"][0]["protocol"], "TCP");
+    let status = &bodies[11];
+    assert_eq!(status["kind"], "Webspace", "status by server-side apply");
     assert_eq!(status["status"]["phase"], "Progressing");
     assert_eq!(condition(status, "Built")["status"], "True");
     assert_eq!(condition(status, "Ready")["status"], "False");
@@ -187,7 +210,7 @@ async fn a_new_release_goes_live_when_its_rollout_completes() {
     ];
     let current = running(&releases, "r2", "main", complete());
     let mut script = preamble(&releases, vec![current]);
-    script.extend(applies("blog-main"));
+    script.extend(applies("main"));
     script.push((
         Method::PATCH,
         release_status("r1"),
@@ -204,12 +227,15 @@ async fn a_new_release_goes_live_when_its_rollout_completes() {
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(300))
     );
-    assert_eq!(bodies[10], json!({"status": {"phase": "Superseded"}}));
     assert_eq!(
         bodies[11],
-        json!({"status": {"phase": "Live", "url": "http://blog.apps.example.com"}})
+        json!({"status": {"phase": "Superseded", "url": null, "reason": null}})
     );
-    let status = &bodies[12];
+    assert_eq!(
+        bodies[12],
+        json!({"status": {"phase": "Live", "url": "http://blog.apps.example.com", "reason": null}})
+    );
+    let status = &bodies[13];
     assert_eq!(status["status"]["phase"], "Ready");
     assert_eq!(status["status"]["url"], "http://blog.apps.example.com");
     assert_eq!(status["status"]["branches"][0]["readyReplicas"], 1);
@@ -226,21 +252,21 @@ async fn a_deleted_branch_loses_its_deployment_service_and_ingress() {
     ];
     let feature = running(&with_feature, "r2", "feature-x", complete());
     let mut script = preamble(&releases, vec![main, feature]);
-    script.extend(applies("blog-main"));
+    script.extend(applies("main"));
     script.extend([
         (
             Method::DELETE,
-            ingress_path("blog-feature-x"),
+            ingress_path(&named("feature-x")),
             Answer::NotFound,
         ),
         (
             Method::DELETE,
-            service_path("blog-feature-x"),
+            service_path(&named("feature-x")),
             Answer::Status(200),
         ),
         (
             Method::DELETE,
-            deployment_path("blog-feature-x"),
+            deployment_path(&named("feature-x")),
             Answer::Status(200),
         ),
     ]);
@@ -270,19 +296,29 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous
         release_status("r2"),
         Answer::Json(json_of(&releases[1])),
     ));
-    script.extend(applies("blog-main"));
+    // Warning Events on the Webspace and on the Release.
+    script.push((Method::POST, EVENTS.into(), Answer::Echo));
+    script.push((Method::POST, EVENTS.into(), Answer::Echo));
+    script.extend(applies("main"));
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let (result, bodies) = play(blog(), script).await;
     result.expect("reconciled");
-    assert_eq!(bodies[7]["status"]["phase"], "Failed");
+    assert_eq!(bodies[8]["status"]["phase"], "Failed");
     assert!(
-        bodies[7]["status"]["reason"]
+        bodies[8]["status"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("progress deadline")),
         "{}",
-        bodies[7]
+        bodies[8]
     );
-    let restored = &bodies[8];
+    assert_eq!(bodies[9]["reason"], "ReleaseFailed");
+    assert_eq!(bodies[9]["type"], "Warning");
+    assert_eq!(bodies[9]["involvedObject"]["kind"], "Webspace");
+    assert!(
+        bodies[9].get("eventTime").is_none(),
+        "1.20 refuses new-style events about cluster-scoped objects outside kube-system"
+    );
+    let restored = &bodies[11];
     assert_eq!(
         restored["metadata"]["annotations"]["slipway.dev/release"],
         "r1"
@@ -293,7 +329,7 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous
         json!(settings().node_image(&releases[0].spec.image)),
         "the previous release's image is applied again"
     );
-    let released = condition(&bodies[11], "Released");
+    let released = condition(&bodies[14], "Released");
     assert_eq!(released["reason"], "RolloutFailed");
 }
 
@@ -311,6 +347,7 @@ async fn a_webspace_being_deleted_is_left_to_owner_references() {
 async fn a_missing_customer_is_reported_in_the_status() {
     let script = vec![
         (Method::GET, CUSTOMER.to_owned(), Answer::NotFound),
+        (Method::POST, EVENTS.into(), Answer::Echo),
         (Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))),
     ];
     let (result, bodies) = play(blog(), script).await;
@@ -318,20 +355,28 @@ async fn a_missing_customer_is_reported_in_the_status() {
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(60))
     );
-    let ready = condition(&bodies[1], "Ready");
+    assert_eq!(bodies[1]["reason"], "CustomerMissing");
+    let ready = condition(&bodies[2], "Ready");
     assert_eq!(ready["reason"], "ReconcileError");
     assert_eq!(ready["message"], "customer `alice` does not exist");
 }
 
 #[tokio::test]
-async fn an_api_error_requeues_with_backoff_and_other_webspaces_go_on() {
-    let releases = [release("r1", "blog", "main", "Promoted")];
+async fn an_api_error_is_reported_requeues_with_backoff_and_other_branches_and_webspaces_go_on() {
+    let releases = [
+        release("r1", "blog", "main", "Promoted"),
+        release("r2", "blog", "feature-x", "Promoted"),
+    ];
     let mut script = preamble(&releases, vec![]);
+    // feature-x's Deployment is refused; main's objects are applied all the same.
     script.push((
         Method::PATCH,
-        deployment_path("blog-main"),
+        deployment_path(&named("feature-x")),
         Answer::Status(500),
     ));
+    script.extend(applies("main"));
+    script.push((Method::POST, EVENTS.into(), Answer::Echo));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let script: Vec<(Method, &str, Answer)> = script
         .iter()
         .map(|(m, p, a)| (m.clone(), p.as_str(), a.clone()))
@@ -342,8 +387,20 @@ async fn an_api_error_requeues_with_backoff_and_other_webspaces_go_on() {
     let error = reconcile(blog.clone(), context.clone())
         .await
         .expect_err("the apply failed");
-    assert_eq!(error.to_string(), "cannot apply Deployment blog-main");
-    server.finish().await;
+    assert_eq!(
+        error.to_string(),
+        format!("cannot apply Deployment {}", named("feature-x"))
+    );
+    let bodies = server.finish().await;
+    assert_eq!(bodies[12]["reason"], "ReconcileError");
+    let ready = condition(&bodies[13], "Ready");
+    assert_eq!(ready["reason"], "ReconcileError");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&named("feature-x"))),
+        "{ready}"
+    );
     assert_eq!(
         error_policy(blog.clone(), &error, context.clone()),
         Action::requeue(Duration::from_secs(5))
