@@ -1,167 +1,629 @@
-//! The single-host journey on a real cluster: apply a Customer and a Webspace with kubectl,
-//! `git push` over SSH, `kubectl wait --for=condition=Ready`, then curl the app through the
-//! Ingress. Runs only when `KUBECONFIG` points at a cluster with Slipway installed
-//! (`kubectl apply -k deploy/`, see deploy/README.md); otherwise it says it was skipped and why.
+//! The Kubernetes journey on a real cluster: the one-node cluster `scripts/cluster up` builds
+//! from Debian's packages (`scripts/test` starts it). The operator and `git-server --store
+//! kube` run as processes on this host, each with a kubeconfig that impersonates its own
+//! ServiceAccount, so deploy/rbac.yaml is what authorizes them: a missing verb fails a step.
 //!
-//! Settings (environment):
-//! - `KUBECONFIG`: the cluster.
-//! - `SLIPWAY_E2E_SSH`: `HOST:PORT` of the `slipway-ssh` Service (e.g. a port-forward to
-//!   `svc/slipway-ssh 2222:22` gives `127.0.0.1:2222`).
-//! - `SLIPWAY_E2E_HTTP`: `HOST:PORT` of the ingress controller (default `127.0.0.1:80`).
-//! - `SLIPWAY_E2E_DOMAIN`: the operator's `SLIPWAY_DOMAIN` (default `apps.example.com`).
-//! - `SLIPWAY_E2E_BASE_IMAGE`: an image with `httpd` (busybox) the cluster can pull (default
-//!   `busybox:stable`).
+//! One test, in steps, because the steps share the cluster-wide operator and its Lease. Each
+//! step says what it checks; a failure names the step and shows the operator's log.
+//!
+//! Settings (environment): `SLIPWAY_TEST_KUBECONFIG`, the admin kubeconfig (default: the one
+//! `scripts/cluster up` writes). There is no skip: without a cluster the test fails and says
+//! how to start one.
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use common::{Client, Key, Scratch, assert_ok, keygen, stderr, wait_for, work_tree};
+use common::{Client, Scratch, Server, assert_ok, commit, keygen, stderr, work_tree};
 
+const DEFAULT_KUBECONFIG: &str = "/var/lib/slipway-cluster/admin.kubeconfig";
+const REGISTRY: &str = "127.0.0.1:5000";
+const BASE_IMAGE: &str = "127.0.0.1:5000/slipway-test/busybox:latest";
+const DOMAIN: &str = "apps.test";
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The cluster, as its admin sees it.
 struct Cluster {
-    ssh: String,
-    http: String,
-    domain: String,
-    base_image: String,
+    admin: PathBuf,
 }
 
-fn cluster() -> Option<Cluster> {
-    let Ok(kubeconfig) = std::env::var("KUBECONFIG") else {
-        println!(
-            "skipped: KUBECONFIG is not set; this test needs a cluster with Slipway installed (see deploy/README.md)"
+impl Cluster {
+    fn new() -> Self {
+        let admin = std::env::var_os("SLIPWAY_TEST_KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBECONFIG));
+        assert!(
+            admin.exists(),
+            "no cluster: {} does not exist; start one with `scripts/cluster up` (scripts/test does)",
+            admin.display()
         );
-        return None;
-    };
-    let Ok(ssh) = std::env::var("SLIPWAY_E2E_SSH") else {
-        println!(
-            "skipped: KUBECONFIG={kubeconfig} is set but SLIPWAY_E2E_SSH (HOST:PORT of the slipway-ssh Service) is not"
+        let cluster = Self { admin };
+        let nodes = cluster.kubectl(&["get", "nodes", "-o", "name"]);
+        assert!(
+            nodes.status.success(),
+            "the cluster does not answer ({}); `scripts/cluster status` says which part is down",
+            stderr(&nodes).trim()
         );
-        return None;
-    };
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    Some(Cluster {
-        ssh,
-        http: var("SLIPWAY_E2E_HTTP", "127.0.0.1:80"),
-        domain: var("SLIPWAY_E2E_DOMAIN", "apps.example.com"),
-        base_image: var("SLIPWAY_E2E_BASE_IMAGE", "busybox:stable"),
-    })
-}
-
-fn kubectl(args: &[&str], input: Option<&str>) -> std::process::Output {
-    let mut command = Command::new("kubectl");
-    command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("kubectl");
-    if let Some(input) = input {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write");
+        cluster
     }
-    child.wait_with_output().expect("kubectl output")
+
+    fn kubectl_with(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.admin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(input) = input {
+            use std::io::Write;
+            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
+        }
+        drop(stdin);
+        child.wait_with_output().expect("kubectl")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(args, None)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert_ok(&output);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        assert_ok(&self.kubectl_with(&["apply", "-f", "-"], Some(yaml)));
+    }
+
+    /// `kubectl get ... -o jsonpath=...`, empty when it fails (not found).
+    fn jsonpath(&self, what: &[&str], path: &str) -> String {
+        let mut args = vec!["get"];
+        args.extend_from_slice(what);
+        let path = format!("jsonpath={path}");
+        args.extend_from_slice(&["-o", &path]);
+        let output = self.kubectl(&args);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A kubeconfig impersonating `system:serviceaccount:slipway-system:ACCOUNT`.
+    fn kubeconfig_as(&self, account: &str, into: &Path) -> PathBuf {
+        let output = Command::new(format!("{ROOT}/scripts/cluster"))
+            .args(["kubeconfig", "slipway-system", account])
+            .output()
+            .expect("scripts/cluster kubeconfig");
+        assert_ok(&output);
+        let path = into.join(format!("{account}.kubeconfig"));
+        std::fs::write(&path, &output.stdout).expect("kubeconfig");
+        path
+    }
 }
 
-/// Deletes what the test applied, also when it fails.
-struct Cleanup(String);
+/// A `slipway operator` replica, killed on drop.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
 
-impl Drop for Cleanup {
+impl Operator {
+    fn start(kubeconfig: &Path, holder: &str, scratch: &Scratch) -> Self {
+        let log = scratch.path(&format!("operator-{holder}.log"));
+        let file = std::fs::File::create(&log).expect("log");
+        let child = Command::new(common::SLIPWAY)
+            .args(["operator", "--domain", DOMAIN, "--holder", holder])
+            .args(["--lease-namespace", "slipway-system"])
+            // The progress deadline is the last resort for a pod that never gets ready; a short
+            // one keeps the test short.
+            .args(["--progress-deadline", "60"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("SLIPWAY_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("slipway operator");
+        Self { child, log }
+    }
+}
+
+impl Drop for Operator {
     fn drop(&mut self) {
-        let _ = kubectl(
-            &[
-                "delete",
-                "--ignore-not-found",
-                "--wait=false",
-                "webspace",
-                &self.0,
-            ],
-            None,
-        );
-        let _ = kubectl(
-            &[
-                "delete",
-                "--ignore-not-found",
-                "--wait=false",
-                "customer",
-                &self.0,
-            ],
-            None,
-        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn resources(name: &str, key: &Key) -> String {
+/// Deletes what the journey created, also when a step fails.
+struct Cleanup<'a> {
+    cluster: &'a Cluster,
+    names: Mutex<Vec<String>>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for name in self.names.lock().map(|n| n.clone()).unwrap_or_default() {
+            for kind in ["webspace", "customer"] {
+                let _ = self.cluster.kubectl(&[
+                    "delete",
+                    "--ignore-not-found",
+                    "--wait=false",
+                    kind,
+                    &name,
+                ]);
+            }
+        }
+    }
+}
+
+/// Polls `condition` every 250 ms for `limit`; on timeout panics with `what` and the logs.
+fn eventually(
+    what: &str,
+    limit: Duration,
+    logs: &dyn Fn() -> String,
+    mut condition: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n--- logs ---\n{}",
+                logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn resources(name: &str, key_line: &str) -> String {
     format!(
-        "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata:\n  name: {name}\nspec:\n  email: e2e@example.com\n  sshKeys:\n    - \"{}\"\n---\napiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {name}\nspec:\n  customer: {name}\n  port: 8080\n",
-        key.public_line
+        "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata:\n  name: {name}\nspec:\n  email: {name}@example.com\n  sshKeys:\n    - \"{key_line}\"\n---\napiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {name}\nspec:\n  customer: {name}\n  port: 8080\n"
     )
 }
 
-fn curl(http: &str, host: &str) -> Option<String> {
+/// An app that serves `body` with busybox httpd on $PORT.
+fn app_files(body: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Dockerfile",
+            format!(
+                "FROM {BASE_IMAGE}\nCOPY index.html /www/index.html\nCMD [\"sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n"
+            ),
+        ),
+        ("index.html", format!("{body}\n")),
+    ]
+}
+
+fn as_refs<'a>(files: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    files.iter().map(|(n, c)| (*n, c.as_str())).collect()
+}
+
+/// GET http://ADDRESS/ with a short timeout: the body, or None.
+fn get(address: &str) -> Option<String> {
     let output = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", "-H", &format!("Host: {host}")])
-        .arg(format!("http://{http}/"))
+        .args(["-fsS", "--max-time", "3"])
+        .arg(format!("http://{address}/"))
         .output()
         .ok()?;
     output
         .status
         .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The ClusterIP address of the Service serving `branch` of `webspace` (by its labels).
+fn service_address(cluster: &Cluster, webspace: &str, branch: &str) -> Option<String> {
+    let ip = cluster.jsonpath(
+        &[
+            "services",
+            "-A",
+            "-l",
+            &format!("slipway.dev/webspace={webspace},slipway.dev/branch={branch}"),
+        ],
+        "{.items[0].spec.clusterIP}",
+    );
+    (!ip.trim().is_empty()).then(|| format!("{}:80", ip.trim()))
 }
 
 #[test]
-fn push_wait_ready_and_curl_through_the_ingress() {
-    let Some(cluster) = cluster() else { return };
+fn the_kubernetes_journey_on_a_real_cluster() {
+    let cluster = Cluster::new();
     let scratch = Scratch::new();
-    let key = keygen(&scratch, "e2e");
-    let name = format!("e2e-{}", std::process::id());
-    let _cleanup = Cleanup(name.clone());
-    let applied = kubectl(&["apply", "-f", "-"], Some(&resources(&name, &key)));
-    assert_ok(&applied);
+    let started = Instant::now();
+    let step = |name: &str| eprintln!("[{:>6.1}s] step: {name}", started.elapsed().as_secs_f64());
 
+    step("install the CRDs and RBAC from deploy/");
+    cluster.ok(&["apply", "-f", &format!("{ROOT}/deploy/crds/")]);
+    cluster.ok(&["apply", "-f", &format!("{ROOT}/deploy/namespace.yaml")]);
+    cluster.ok(&[
+        "apply",
+        "-n",
+        "slipway-system",
+        "-f",
+        &format!("{ROOT}/deploy/rbac.yaml"),
+    ]);
+    cluster.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/customers.slipway.dev",
+        "crd/webspaces.slipway.dev",
+        "crd/runtimes.slipway.dev",
+        "crd/releases.slipway.dev",
+    ]);
+    // A clean Lease: a replica of an earlier run must not hold it.
+    let _ = cluster.kubectl(&[
+        "delete",
+        "lease",
+        "-n",
+        "slipway-system",
+        "slipway-operator",
+        "--ignore-not-found",
+    ]);
+
+    step("start two operator replicas and the git server, each as its ServiceAccount");
+    let operator_config = cluster.kubeconfig_as("slipway-operator", scratch.dir.path());
+    let git_config = cluster.kubeconfig_as("slipway-git-server", scratch.dir.path());
+    let first = Operator::start(&operator_config, "first", &scratch);
+    let lease_holder = || {
+        cluster.jsonpath(
+            &["lease", "-n", "slipway-system", "slipway-operator"],
+            "{.spec.holderIdentity}",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder() != "first" {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica never took the Lease"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = Operator::start(&operator_config, "second", &scratch);
+    let git_config_text = git_config.display().to_string();
+    let server = Server::start_with(
+        &scratch.data(),
+        &["--store", "kube", "--registry", REGISTRY],
+        &[("KUBECONFIG", git_config_text.as_str())],
+    );
+    let log_files = [first.log.clone(), second.log.clone(), server.log.clone()];
+    let logs = || {
+        log_files
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                format!("--- {} ---\n{}", path.display(), tail(&text))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lease_holder(),
+        "first",
+        "the second replica waits: {}",
+        logs()
+    );
+
+    let run = std::process::id();
+    let name = format!("k8s-{run}");
+    let cleanup = Cleanup {
+        cluster: &cluster,
+        names: Mutex::new(vec![name.clone()]),
+    };
+    let key = keygen(&scratch, "owner");
     let client = Client::new(&key);
+
+    step("kubectl apply a Customer and a Webspace");
+    cluster.apply(&resources(&name, &key.public_line));
+    eventually(
+        "the webspace to be reconciled (status written)",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            !cluster
+                .jsonpath(&["webspace", &name], "{.status.phase}")
+                .is_empty()
+        },
+    );
+    assert_eq!(
+        cluster.jsonpath(&["webspace", &name], "{.status.phase}"),
+        "Pending",
+        "nothing pushed yet"
+    );
+
+    step("git push main: image in the registry, Release Live, Ready, served by its Service");
     let app = scratch.path("app");
-    let dockerfile = format!(
-        "FROM {}\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
-        cluster.base_image
-    );
-    work_tree(
-        &client,
-        &app,
-        &[
-            ("Dockerfile", dockerfile.as_str()),
-            ("index.html", "hello from the cluster\n"),
-        ],
-    );
-    let url = format!("ssh://git@{}/{name}.git", cluster.ssh);
+    work_tree(&client, &app, &as_refs(&app_files("version one")));
+    let url = server.url(&format!("{name}.git"));
     let pushed = client.git(&app, &["push", &url, "main"]);
+    assert_ok(&pushed);
+    let said = stderr(&pushed);
+    assert!(said.contains("deployed `main`"), "{said}\n{}", logs());
+    assert!(
+        said.contains(&format!("http://{name}.{DOMAIN}")),
+        "the push prints the URL: {said}"
+    );
+    let tags = Command::new("curl")
+        .args(["-fsS", &format!("http://{REGISTRY}/v2/{name}/tags/list")])
+        .output()
+        .expect("curl");
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).contains("\"tags\""),
+        "the image is in the registry: {}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
+    let first_release = cluster.jsonpath(&["webspace", &name], "{.status.branches[0].release}");
+    assert_eq!(
+        cluster.jsonpath(&["release", &first_release], "{.status.phase}"),
+        "Live"
+    );
+    cluster.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("webspace/{name}"),
+        "--timeout=120s",
+    ]);
+    let namespace = format!("slipway-{name}");
+    let deployment = cluster.jsonpath(
+        &[
+            "deployments",
+            "-n",
+            &namespace,
+            "-l",
+            "slipway.dev/branch=main",
+        ],
+        "{.items[0].metadata.name}",
+    );
+    cluster.ok(&[
+        "rollout",
+        "status",
+        "-n",
+        &namespace,
+        &format!("deployment/{deployment}"),
+        "--timeout=60s",
+    ]);
+    let main_address = service_address(&cluster, &name, "main").expect("main's Service");
+    eventually(
+        "main served through its Service",
+        Duration::from_secs(30),
+        &logs,
+        || get(&main_address).as_deref() == Some("version one"),
+    );
+    // The pods run with the same hardening as on one host.
+    let pod_spec = cluster.ok(&[
+        "get",
+        "pods",
+        "-n",
+        &namespace,
+        "-l",
+        "slipway.dev/branch=main",
+        "-o",
+        "jsonpath={.items[0].spec}",
+    ]);
+    assert!(
+        pod_spec.contains("NET_RAW") && pod_spec.contains("RuntimeDefault"),
+        "{pod_spec}"
+    );
+
+    step("a second push rolls out with zero failed requests to the Service");
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let hammer = {
+        let (stop, failures, requests, seen) = (
+            stop.clone(),
+            failures.clone(),
+            requests.clone(),
+            seen.clone(),
+        );
+        let address = main_address.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                requests.fetch_add(1, Ordering::Relaxed);
+                match get(&address) {
+                    Some(body) => {
+                        let mut seen = seen.lock().expect("seen");
+                        if seen.last() != Some(&body) {
+                            seen.push(body);
+                        }
+                    }
+                    None => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let files = app_files("version two");
+    commit(&client, &app, &as_refs(&files), "two");
+    let pushed = client.git(&app, &["push", &url, "main"]);
+    assert_ok(&pushed);
+    eventually("version two served", Duration::from_secs(60), &logs, || {
+        get(&main_address).as_deref() == Some("version two")
+    });
+    // Past the old pod's stop (its pre-stop pause and the endpoint update).
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    hammer.join().expect("hammer");
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests during the rollout, of {} (bodies in order: {seen:?})",
+        requests.load(Ordering::Relaxed)
+    );
+    assert_eq!(seen, ["version one", "version two"], "no going back");
+
+    step("a branch gets its own Deployment, Service and Ingress; deleting it removes them");
+    let pushed = client.git(&app, &["push", &url, "main:feature-x"]);
+    assert_ok(&pushed);
+    let said = stderr(&pushed);
+    assert!(
+        said.contains(&format!("http://feature-x.{name}.{DOMAIN}")),
+        "{said}"
+    );
+    let labelled = format!("slipway.dev/webspace={name},slipway.dev/branch=feature-x");
+    let host = cluster.jsonpath(
+        &["ingress", "-n", &namespace, "-l", &labelled],
+        "{.items[0].spec.rules[0].host}",
+    );
+    assert_eq!(host, format!("feature-x.{name}.{DOMAIN}"));
+    let preview = service_address(&cluster, &name, "feature-x").expect("preview Service");
+    eventually("the preview served", Duration::from_secs(30), &logs, || {
+        get(&preview).as_deref() == Some("version two")
+    });
+    assert_ok(&client.git(&app, &["push", &url, ":feature-x"]));
+    eventually(
+        "the preview's objects removed",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            ["deployments", "services", "ingresses"].iter().all(|kind| {
+                cluster
+                    .jsonpath(
+                        &[kind, "-n", &namespace, "-l", &labelled],
+                        "{.items[*].metadata.name}",
+                    )
+                    .trim()
+                    .is_empty()
+            })
+        },
+    );
+
+    step("an app that crashes: its Release fails with the reason, the previous one serves");
+    let files = vec![
+        (
+            "Dockerfile",
+            format!(
+                "FROM {BASE_IMAGE}\nCMD [\"sh\", \"-c\", \"echo the-app-says-boom; exit 3\"]\n"
+            ),
+        ),
+        ("index.html", "never\n".to_owned()),
+    ];
+    commit(&client, &app, &as_refs(&files), "crash");
+    let pushed = client.git(&app, &["push", &url, "main"]);
+    let said = stderr(&pushed);
+    assert!(said.contains("failed to go live"), "{said}\n{}", logs());
+    assert!(
+        said.contains("the-app-says-boom"),
+        "the app's last log line: {said}"
+    );
+    let crashed = cluster.jsonpath(
+        &["releases"],
+        "{.items[?(@.status.phase==\"Failed\")].metadata.name}",
+    );
+    assert!(!crashed.trim().is_empty(), "a Failed Release");
+    let released = cluster.jsonpath(
+        &["webspace", &name],
+        "{.status.conditions[?(@.type==\"Released\")].reason}",
+    );
+    assert_eq!(released, "RolloutFailed");
+    let described = cluster.ok(&["describe", "webspace", &name]);
+    assert!(
+        described.contains("ReleaseFailed"),
+        "{described}\n{}",
+        logs()
+    );
+    assert_eq!(get(&main_address).as_deref(), Some("version two"));
+    eventually(
+        "the webspace Ready again on the previous release",
+        Duration::from_secs(60),
+        &logs,
+        || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
+    );
+    assert_eq!(get(&main_address).as_deref(), Some("version two"));
+
+    step("the API server restarts: a Customer created afterwards can push");
+    let restarted = Command::new(format!("{ROOT}/scripts/cluster"))
+        .arg("restart-apiserver")
+        .output()
+        .expect("scripts/cluster restart-apiserver");
+    assert_ok(&restarted);
+    let late = format!("k8s-late-{run}");
+    cleanup.names.lock().expect("names").push(late.clone());
+    let late_key = keygen(&scratch, "late");
+    let late_client = Client::new(&late_key);
+    cluster.apply(&resources(&late, &late_key.public_line));
+    let late_app = scratch.path("late-app");
+    work_tree(&late_client, &late_app, &as_refs(&app_files("late")));
+    let pushed = late_client.git(
+        &late_app,
+        &["push", &server.url(&format!("{late}.git")), "main"],
+    );
     assert_ok(&pushed);
     assert!(
         stderr(&pushed).contains("deployed `main`"),
-        "{}",
-        stderr(&pushed)
+        "{}\n{}",
+        stderr(&pushed),
+        logs()
     );
 
-    let waited = kubectl(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            &format!("webspace/{name}"),
-            "--timeout=300s",
-        ],
-        None,
-    );
-    assert_ok(&waited);
-    let host = format!("{name}.{}", cluster.domain);
-    wait_for(
-        "the app through the Ingress",
+    step("deleting a Webspace removes its objects; deleting its Customer removes the namespace");
+    cluster.ok(&["delete", "webspace", &late, "--wait=true", "--timeout=60s"]);
+    let late_namespace = format!("slipway-{late}");
+    eventually(
+        "the webspace's Deployments garbage-collected",
         Duration::from_secs(60),
-        || curl(&cluster.http, &host).is_some_and(|body| body.contains("hello from the cluster")),
+        &logs,
+        || {
+            cluster
+                .jsonpath(
+                    &["deployments", "-n", &late_namespace],
+                    "{.items[*].metadata.name}",
+                )
+                .trim()
+                .is_empty()
+        },
     );
+    cluster.ok(&["delete", "customer", &late, "--wait=true", "--timeout=60s"]);
+    eventually(
+        "the customer's namespace removed",
+        Duration::from_secs(120),
+        &logs,
+        || {
+            !cluster
+                .kubectl(&["get", "namespace", &late_namespace])
+                .status
+                .success()
+        },
+    );
+
+    step("the leader stops: the second replica takes the Lease and reconciles");
+    drop(first);
+    eventually(
+        "the second replica to take the Lease",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            cluster.jsonpath(
+                &["lease", "-n", "slipway-system", "slipway-operator"],
+                "{.spec.holderIdentity}",
+            ) == "second"
+        },
+    );
+    let after = format!("k8s-after-{run}");
+    cleanup.names.lock().expect("names").push(after.clone());
+    cluster.apply(&resources(&after, &keygen(&scratch, "after").public_line));
+    eventually(
+        "the new leader to reconcile",
+        Duration::from_secs(30),
+        &logs,
+        || cluster.jsonpath(&["webspace", &after], "{.status.phase}") == "Pending",
+    );
+    eprintln!("[{:>6.1}s] journey done", started.elapsed().as_secs_f64());
+    drop(server);
+    drop(second);
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
