@@ -337,6 +337,46 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         "nothing pushed yet"
     );
 
+    step(
+        "bad input: kubectl cannot store what slipway apply refuses; a missing customer is reported",
+    );
+    let refused = cluster.kubectl_with(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {name}-bad\nspec:\n  customer: {name}\n  replicas: 101\n"
+        )),
+    );
+    assert!(!refused.status.success(), "replicas 101 stored");
+    assert!(
+        stderr(&refused).contains("replicas"),
+        "{}",
+        stderr(&refused)
+    );
+    let orphan = format!("{name}-orphan");
+    cleanup.names.lock().expect("names").push(orphan.clone());
+    cluster.apply(&format!(
+        "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {orphan}\nspec:\n  customer: nobody-{run}\n"
+    ));
+    eventually(
+        "the missing customer in the Ready condition",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            cluster
+                .jsonpath(
+                    &["webspace", &orphan],
+                    "{.status.conditions[?(@.type==\"Ready\")].message}",
+                )
+                .contains(&format!("customer `nobody-{run}` does not exist"))
+        },
+    );
+    assert!(
+        cluster
+            .ok(&["describe", "webspace", &orphan])
+            .contains("CustomerMissing"),
+        "an Event says so"
+    );
+
     step("git push main: image in the registry, Release Live, Ready, served by its Service");
     let app = scratch.path("app");
     work_tree(&client, &app, &as_refs(&app_files("version one")));
@@ -540,6 +580,81 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
     );
     assert_eq!(get(&main_address).as_deref(), Some("version two"));
+
+    step("more pods than the quota: the Webspace says why, and the serving release stays");
+    cluster.ok(&[
+        "patch",
+        "webspace",
+        &name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":20}}"#,
+    ]);
+    eventually(
+        "the quota refusal in the Ready condition",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            cluster
+                .jsonpath(
+                    &["webspace", &name],
+                    "{.status.conditions[?(@.type==\"Ready\")].message}",
+                )
+                .contains("exceeded quota")
+        },
+    );
+    assert_eq!(get(&main_address).as_deref(), Some("version two"));
+    cluster.ok(&[
+        "patch",
+        "webspace",
+        &name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1}}"#,
+    ]);
+    eventually(
+        "the webspace Ready with one replica",
+        Duration::from_secs(60),
+        &logs,
+        || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
+    );
+
+    step("the webspace moves to another customer: its objects move, none stay behind");
+    let other = format!("k8s-other-{run}");
+    cleanup.names.lock().expect("names").push(other.clone());
+    cluster.apply(&format!(
+        "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata:\n  name: {other}\nspec:\n  email: {other}@example.com\n"
+    ));
+    cluster.ok(&[
+        "patch",
+        "webspace",
+        &name,
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"customer":"{other}"}}}}"#),
+    ]);
+    let moved = format!("slipway-{other}");
+    eventually(
+        "the objects in the new namespace, none in the old",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            let mine = format!("slipway.dev/webspace={name}");
+            let names = |ns: &str, kind: &str| {
+                cluster.jsonpath(&[kind, "-n", ns, "-l", &mine], "{.items[*].metadata.name}")
+            };
+            ["deployments", "services", "ingresses"].iter().all(|kind| {
+                names(&namespace, kind).trim().is_empty() && !names(&moved, kind).trim().is_empty()
+            })
+        },
+    );
+    let main_address = service_address(&cluster, &name, "main").expect("main's Service");
+    eventually(
+        "served from the new namespace",
+        Duration::from_secs(60),
+        &logs,
+        || get(&main_address).as_deref() == Some("version two"),
+    );
 
     step("the API server restarts: a Customer created afterwards can push");
     let restarted = Command::new(format!("{ROOT}/scripts/cluster"))

@@ -479,6 +479,9 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     let deployments: Api<KubeDeployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &namespace);
+    // Branches whose objects all applied: only these can go live (a Deployment without its
+    // Service serves nobody).
+    let mut applied_branches = HashSet::new();
     if namespaced {
         for branch in &wanted {
             let applied = async {
@@ -495,7 +498,9 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
                     }
                 }
             };
-            problems.check(applied.await);
+            if problems.check(applied.await).is_some() {
+                applied_branches.insert(branch.label.clone());
+            }
         }
     }
     let unwanted = current.iter().filter(|d| {
@@ -540,7 +545,7 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         }
         let url = settings.url(branch).unwrap_or_default();
         settled &= complete;
-        if complete {
+        if complete && applied_branches.contains(&branch.label) {
             problems.check(mark_live(&release_api, &releases, branch, &url).await);
         }
         branches.push(BranchStatus {
