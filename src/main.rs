@@ -112,7 +112,7 @@ struct OperatorArgs {
     /// The same registry as the nodes pull from (`HOST:PORT`); images are rewritten to it.
     #[arg(long, env = env::IMAGE_REGISTRY)]
     image_registry: Option<String>,
-    /// Path a pod must answer (any status below 500) before it takes traffic.
+    /// Path a pod must answer (HTTP 200-399, as a Kubernetes readiness probe) before it takes traffic.
     #[arg(long, default_value = "/")]
     health_path: String,
     /// Seconds a rollout may take; past it the release fails and the previous one returns.
@@ -145,7 +145,7 @@ struct UpArgs {
     /// Preview hosts as `BRANCH--WEBSPACE.DOMAIN` (one wildcard certificate covers them).
     #[arg(long)]
     flat_previews: bool,
-    /// Path a new release must answer (any status below 500) before it takes traffic.
+    /// Path a new release must answer (HTTP 200-399, as a Kubernetes readiness probe) before it takes traffic.
     #[arg(long, default_value = "/")]
     health_path: String,
     /// Seconds a new release has to answer its health check.

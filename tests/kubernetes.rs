@@ -203,10 +203,11 @@ fn as_refs<'a>(files: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a st
     files.iter().map(|(n, c)| (*n, c.as_str())).collect()
 }
 
-/// GET http://ADDRESS/ with a short timeout: the body, or None.
+/// GET http://ADDRESS/ (10 s at most): the body, or None.
 fn get(address: &str) -> Option<String> {
     let output = Command::new("curl")
-        .args(["-fsS", "--max-time", "3"])
+        // Generous: under a loaded machine a slow answer is not a failed request.
+        .args(["-fsS", "--max-time", "10"])
         .arg(format!("http://{address}/"))
         .output()
         .ok()?;
@@ -617,6 +618,11 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         Duration::from_secs(60),
         &logs,
         || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
+    );
+    assert_eq!(
+        cluster.jsonpath(&["webspace", &name], "{.status.lastError}"),
+        "",
+        "an error that no longer holds leaves the status"
     );
 
     step("the webspace moves to another customer: its objects move, none stay behind");

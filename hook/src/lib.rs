@@ -42,7 +42,7 @@ pub struct Config {
     pub rollout: bool,
     /// Where resources live; on a cluster post-receive waits for the operator's rollout.
     pub store: Backend,
-    /// Path a new release must answer (any status below 500).
+    /// Path a new release must answer (HTTP 200-399, as a Kubernetes readiness probe).
     pub health_path: String,
     /// How long it has to answer.
     pub health_timeout: std::time::Duration,
@@ -494,7 +494,7 @@ async fn start_unrouted(
                     config.health_path,
                 ),
                 Some(&format!(
-                    "the app must listen on $PORT ({}) and answer HTTP on `{}`",
+                    "the app must listen on $PORT ({}) and answer `{}` with HTTP 200-399",
                     deployment.port,
                     config.health_path
                 )),

@@ -237,6 +237,26 @@ mod tests {
     }
 
     #[test]
+    fn pruning_keeps_the_newest_per_branch_and_never_what_serves_or_is_staged() {
+        let at = |n: u32| format!("2026-01-01T00:00:{n:02}Z");
+        let mut releases: Vec<Release> = (1..=8)
+            .map(|n| release(&format!("m{n}"), "blog", "main", "Superseded", &at(n)))
+            .collect();
+        releases[0]
+            .status
+            .get_or_insert_with(Default::default)
+            .phase = Some("Staged".into());
+        releases.push(release("f1", "blog", "feature", "Superseded", &at(1)));
+        let serving = HashSet::from(["m2".to_owned()]);
+        let doomed: Vec<&str> = prunable(&releases, 5, &serving)
+            .iter()
+            .filter_map(|r| r.metadata.name.as_deref())
+            .collect();
+        // m8..m4 are the newest five; of m3, m2, m1: m2 serves and m1 is staged.
+        assert_eq!(doomed, ["m3"]);
+    }
+
+    #[test]
     fn nothing_promoted_means_nothing_runs() {
         let releases = [release(
             "s",

@@ -190,7 +190,7 @@ async fn networks_named(
 const MEMORY: i64 = 512 << 20;
 /// CPU of one app container, in billionths of a CPU: one CPU.
 const NANO_CPUS: i64 = 1_000_000_000;
-/// Path probed when nothing else is configured: any status below 500 counts as healthy.
+/// Path probed when nothing else is configured (see [`healthy`]).
 pub const DEFAULT_HEALTH_PATH: &str = "/";
 /// Time a new release has to answer: long enough for an interpreter to boot and load an app,
 /// short enough that a push that will never serve fails while the pusher still watches.
@@ -473,7 +473,13 @@ async fn probe(target: &Target, path: &str) -> Option<u16> {
 /// its start and every pause is added to the push.
 const POLL: Duration = Duration::from_millis(25);
 
-/// Waits until the app answers `path` with a status below 500; gives up as soon as the
+/// Whether a health probe's answer counts as healthy: 200-399, as a Kubernetes `httpGet`
+/// readiness probe judges it, so a release is ready on the same answers in both modes.
+pub fn healthy(status: u16) -> bool {
+    (200..400).contains(&status)
+}
+
+/// Waits until the app answers `path` healthily ([`healthy`]); gives up as soon as the
 /// container stopped running (an app that crashes at start fails in a second, not after the
 /// whole timeout).
 ///
@@ -493,7 +499,7 @@ pub async fn wait_ready(
             None => None,
         };
         match answer {
-            Some(status) if status < 500 => return Ok(status),
+            Some(status) if healthy(status) => return Ok(status),
             Some(status) => last = format!("HTTP {status}"),
             None => {}
         }
@@ -577,6 +583,12 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn healthy_means_what_a_kubernetes_readiness_probe_accepts() {
+        assert!(healthy(200) && healthy(204) && healthy(301) && healthy(399));
+        assert!(!healthy(199) && !healthy(404) && !healthy(500) && !healthy(503));
+    }
 
     /// What the engine says about a running container at 172.17.0.5 whose namespace is the
     /// file `sandbox_key`, published on `published`.

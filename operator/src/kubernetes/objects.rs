@@ -89,7 +89,7 @@ pub struct Settings {
     /// Registry the hook pushes to, as `HOST:PORT`, and the same registry as nodes pull from:
     /// images are rewritten from the first to the second.
     pub registry_rewrite: Option<(String, String)>,
-    /// Path a pod must answer (below 500) before it takes traffic.
+    /// Path a pod must answer (HTTP 200-399) before it takes traffic.
     pub health_path: String,
     /// Seconds a rollout may take before it counts as failed.
     pub progress_deadline: i32,
