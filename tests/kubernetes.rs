@@ -501,7 +501,20 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         "failed requests during the rollout, of {} (bodies in order: {seen:?})",
         requests.load(Ordering::Relaxed)
     );
-    assert_eq!(seen, ["version one", "version two"], "no going back");
+    // While both pods are ready, and until kube-proxy drops the old one (it syncs at most once a
+    // second), the Service answers from either: the versions may alternate, but only those two,
+    // and it ends on the new one.
+    assert_eq!(seen.first().map(String::as_str), Some("version one"));
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("version two"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|b| b == "version one" || b == "version two"),
+        "{seen:?}"
+    );
 
     step("a branch gets its own Deployment, Service and Ingress; deleting it removes them");
     let pushed = client.git(&app, &["push", &url, "main:feature-x"]);

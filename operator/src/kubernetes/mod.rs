@@ -34,13 +34,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
-use slipway_api::{Customer, Release, Webspace};
+use slipway_api::{Customer, Release, Runtime, Webspace};
 use tokio_util::sync::CancellationToken;
 
 pub use objects::Settings;
-pub use reconcile::{Context, error_policy, reconcile};
+pub use reconcile::{Context, Stores, error_policy, reconcile};
 
 use crate::metrics::Metrics;
 
@@ -98,6 +98,26 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// A watch of every `K` that keeps `writer`'s cache and yields what changed.
+fn cached<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+) -> impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector(writer, watcher(api, watcher::Config::default())).touched_objects()
+}
+
+/// Webspaces reconciled at the same time.
+const RECONCILES_AT_ONCE: u16 = 16;
+
 /// Runs the controller until `stop`.
 pub async fn control(
     client: Client,
@@ -113,19 +133,28 @@ pub async fn control(
         objects::MANAGED_BY.0,
         objects::MANAGED_BY.1
     ));
-    let context = Arc::new(Context::new(client.clone(), settings, metrics));
+    // Customers, Releases and Runtimes: one watch each that both fills the cache a reconcile
+    // reads and triggers it, so a reconcile never reads a cache older than its trigger.
+    let (customers, customer_writer) = reflector::store::<Customer>();
+    let (releases, release_writer) = reflector::store::<Release>();
+    let (runtimes, runtime_writer) = reflector::store::<Runtime>();
+    let context = Arc::new(
+        Context::new(client.clone(), settings, metrics).with_stores(Stores {
+            customers,
+            releases,
+            runtimes,
+        }),
+    );
     controller
         .owns(Api::<KubeDeployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Ingress>::all(client.clone()), owned)
-        .watches(
-            Api::<Release>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            cached(Api::<Release>::all(client.clone()), release_writer),
             |release| Some(ObjectRef::new(&release.spec.webspace)),
         )
-        .watches(
-            Api::<Customer>::all(client),
-            watcher::Config::default(),
+        .watches_stream(
+            cached(Api::<Customer>::all(client.clone()), customer_writer),
             move |customer| {
                 let name = customer.name_any();
                 cache
@@ -136,7 +165,16 @@ pub async fn control(
                     .collect::<Vec<_>>()
             },
         )
+        // A Runtime's port or template matters at the next reconcile of each webspace; its
+        // changes only fill the cache.
+        .watches_stream(
+            cached(Api::<Runtime>::all(client.clone()), runtime_writer),
+            |_| None::<ObjectRef<Webspace>>,
+        )
         .trigger_backoff(WatchBackoff::new())
+        // Reconciles at once: enough to keep a 2-CPU API server busy; more only queue there
+        // and hold their responses in memory.
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

@@ -364,7 +364,9 @@ pub fn deployment(
                 port: IntOrString::String("http".into()),
                 ..Default::default()
             }),
-            period_seconds: Some(2),
+            // Probed every second: a new pod takes traffic (and a push returns) about a
+            // second after it answers, not two.
+            period_seconds: Some(1),
             failure_threshold: Some(3),
             ..Default::default()
         }),

@@ -16,6 +16,7 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,7 +52,29 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// This replica, in the Events it records.
     instance: String,
+    /// Per customer, the version of the Customer whose namespace, quota and policy were last
+    /// applied, and when: its webspaces skip those three calls until it changes or a minute
+    /// passed (1,000 webspaces of one customer would otherwise make 3,000 identical applies).
+    namespaces: Mutex<HashMap<String, (String, Instant)>>,
+    /// Caches of Customers, Releases and Runtimes fed by the controller's own watches, so a
+    /// reconcile reads them without a call; without them (tests of the exact calls), it asks
+    /// the API server.
+    stores: Option<Stores>,
 }
+
+/// The controller's caches (see [`Context::with_stores`]).
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// Every Customer.
+    pub customers: Store<Customer>,
+    /// Every Release.
+    pub releases: Store<Release>,
+    /// Every Runtime.
+    pub runtimes: Store<Runtime>,
+}
+
+/// Longest a reconcile waits for the caches' first listing.
+const STORES_READY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +93,106 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.to_owned()),
+            namespaces: Mutex::new(HashMap::new()),
+            stores: None,
+        }
+    }
+
+    /// This context, reading Customers, Releases and Runtimes from `stores`.
+    pub fn with_stores(mut self, stores: Stores) -> Self {
+        self.stores = Some(stores);
+        self
+    }
+
+    /// The caches, once each has listed its kind: reading one before would see nothing and
+    /// take every branch down.
+    async fn ready_stores(&self) -> Result<Option<&Stores>, Error> {
+        let Some(stores) = &self.stores else {
+            return Ok(None);
+        };
+        let ready = async {
+            stores.customers.wait_until_ready().await?;
+            stores.releases.wait_until_ready().await?;
+            stores.runtimes.wait_until_ready().await
+        };
+        match tokio::time::timeout(STORES_READY, ready).await {
+            Ok(Ok(())) => Ok(Some(stores)),
+            _ => Err(Error {
+                operation: "read",
+                what: "Customers, Releases and Runtimes (their watches have not listed them yet)"
+                    .into(),
+                source: kube::Error::Service(Box::new(std::io::Error::other("watch not ready"))),
+            }),
+        }
+    }
+
+    async fn customer(&self, name: &str) -> Result<Option<Customer>, Error> {
+        if let Some(stores) = self.ready_stores().await? {
+            return Ok(stores
+                .customers
+                .get(&ObjectRef::new(name))
+                .map(|c| (*c).clone()));
+        }
+        Api::<Customer>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(call("read", || format!("Customer {name}")))
+    }
+
+    async fn releases_of(&self, webspace: &str) -> Result<Vec<Release>, Error> {
+        let mine = |r: &Release| r.spec.webspace == webspace;
+        if let Some(stores) = self.ready_stores().await? {
+            return Ok(stores
+                .releases
+                .state()
+                .iter()
+                .filter(|r| mine(r))
+                .map(|r| (**r).clone())
+                .collect());
+        }
+        Ok(Api::<Release>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(call("list", || "Releases".into()))?
+            .items
+            .into_iter()
+            .filter(|r| mine(r))
+            .collect())
+    }
+
+    async fn runtimes(&self) -> Result<Vec<Runtime>, Error> {
+        if let Some(stores) = self.ready_stores().await? {
+            return Ok(stores
+                .runtimes
+                .state()
+                .iter()
+                .map(|r| (**r).clone())
+                .collect());
+        }
+        Ok(Api::<Runtime>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(call("list", || "Runtimes".into()))?
+            .items)
+    }
+
+    /// Whether `customer`'s namespace, quota and policy were applied for this version of it
+    /// within the last minute.
+    fn namespace_current(&self, customer: &Customer) -> bool {
+        let version = customer_version(customer);
+        self.namespaces.lock().is_ok_and(|applied| {
+            applied
+                .get(&customer.name_any())
+                .is_some_and(|(v, at)| *v == version && at.elapsed() < NAMESPACE_REAPPLY)
+        })
+    }
+
+    fn namespace_applied(&self, customer: &Customer) {
+        if let Ok(mut applied) = self.namespaces.lock() {
+            applied.insert(
+                customer.name_any(),
+                (customer_version(customer), Instant::now()),
+            );
         }
     }
 
@@ -125,6 +248,21 @@ impl Context {
             tracing::warn!(error = %crate::chain(&error), reason, "cannot record an event");
         }
     }
+}
+
+/// How long a customer's applied namespace, quota and policy count as current.
+const NAMESPACE_REAPPLY: Duration = Duration::from_secs(60);
+
+fn customer_version(customer: &Customer) -> String {
+    format!(
+        "{}/{}",
+        customer.metadata.uid.as_deref().unwrap_or_default(),
+        customer
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    )
 }
 
 /// How often a Webspace is checked again when all is well, and while a rollout is under way.
@@ -298,27 +436,32 @@ pub fn error_policy(webspace: Arc<Webspace>, error: &Error, context: Arc<Context
 /// What went wrong in one pass, without stopping it: each branch and object is tried, and all
 /// of it reaches the Webspace's status and Events.
 #[derive(Default)]
-struct Problems(Vec<Error>);
+struct Problems {
+    /// Failed API calls; the first one is the pass's error (the controller retries on it).
+    errors: Vec<Error>,
+    /// What the cluster reports that a retry would not change (a quota refusing pods).
+    reported: Vec<String>,
+}
 
 impl Problems {
     fn check<T>(&mut self, result: Result<T, Error>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(error) => {
-                self.0.push(error);
+                self.errors.push(error);
                 None
             }
         }
     }
 
     fn summary(&self) -> Option<String> {
-        (!self.0.is_empty()).then(|| {
-            self.0
-                .iter()
-                .map(|e| crate::chain(e))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        let all: Vec<String> = self
+            .errors
+            .iter()
+            .map(|e| crate::chain(e))
+            .chain(self.reported.iter().cloned())
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
     }
 }
 
@@ -331,12 +474,7 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     let settings = &context.settings;
     let name = webspace.name_any();
     let customer_name = &webspace.spec.customer;
-    let customers: Api<Customer> = Api::all(client.clone());
-    let Some(customer) = customers
-        .get_opt(customer_name)
-        .await
-        .map_err(call("read", || format!("Customer {customer_name}")))?
-    else {
+    let Some(customer) = context.customer(customer_name).await? else {
         let why = format!("customer `{customer_name}` does not exist");
         let status = webspace_status(Observed {
             webspace,
@@ -356,44 +494,32 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     };
     let mut problems = Problems::default();
     let namespace = objects::namespace_name(customer_name);
-    let namespaced = match apply(&Api::all(client.clone()), &objects::namespace(&customer)).await {
-        Ok(()) => true,
-        Err(error) => {
-            problems.0.push(error);
-            false
-        }
-    };
-    if namespaced {
-        problems.check(
+    let namespaced = if context.namespace_current(&customer) {
+        true
+    } else {
+        let applied = async {
+            apply(&Api::all(client.clone()), &objects::namespace(&customer)).await?;
             apply(
                 &Api::<ResourceQuota>::namespaced(client.clone(), &namespace),
                 &objects::quota(&namespace, settings),
             )
-            .await,
-        );
-        problems.check(
+            .await?;
             apply(
                 &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
                 &objects::network_policy(&namespace, settings),
             )
-            .await,
-        );
-    }
+            .await
+        };
+        let done = problems.check(applied.await).is_some();
+        if done {
+            context.namespace_applied(&customer);
+        }
+        done
+    };
 
     let release_api: Api<Release> = Api::all(client.clone());
-    let mut releases: Vec<Release> = release_api
-        .list(&ListParams::default())
-        .await
-        .map_err(call("list", || "Releases".into()))?
-        .items
-        .into_iter()
-        .filter(|r| r.spec.webspace == name)
-        .collect();
-    let runtimes = Api::<Runtime>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(call("list", || "Runtimes".into()))?
-        .items;
+    let mut releases = context.releases_of(&name).await?;
+    let runtimes = context.runtimes().await?;
     let mine = ListParams::default().labels(&format!("{WEBSPACE_LABEL}={name}"));
     // Across namespaces: a Webspace moved to another customer leaves objects in the old one.
     let (current, elsewhere): (Vec<KubeDeployment>, Vec<KubeDeployment>) =
@@ -407,14 +533,16 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             .into_iter()
             .filter(|d| owned_by(d, webspace))
             .partition(|d| d.metadata.namespace.as_deref() == Some(namespace.as_str()));
-    let pods: Vec<Pod> = if namespaced {
-        Api::<Pod>::namespaced(client.clone(), &namespace)
-            .list(&mine)
-            .await
-            .map_err(call("list", || format!("the pods of Webspace {name}")))?
-            .items
-    } else {
-        Vec::new()
+    // Pods are read only while a wanted release rolls out (to fail it early when it cannot
+    // start); a settled webspace costs no pod listing.
+    let rolling = |wanted: &[Deployment]| {
+        wanted.iter().any(|w| {
+            current.iter().any(|d| {
+                branch_of(d) == Some(w.label.as_str())
+                    && release_of(d) == Some(w.release.as_str())
+                    && !readiness(d, w).1
+            })
+        })
     };
     let deployed = |label: &str| current.iter().find(|d| branch_of(d) == Some(label));
 
@@ -428,6 +556,15 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         )
     };
     let mut wanted = decide(&releases);
+    let pods: Vec<Pod> = if namespaced && rolling(&wanted) {
+        Api::<Pod>::namespaced(client.clone(), &namespace)
+            .list(&mine)
+            .await
+            .map_err(call("list", || format!("the pods of Webspace {name}")))?
+            .items
+    } else {
+        Vec::new()
+    };
     let mut stuck: Vec<(String, String, String)> = Vec::new();
     for branch in &wanted {
         let Some(running) = deployed(&branch.label) else {
@@ -536,12 +673,13 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     for branch in &wanted {
         let running = deployed(&branch.label);
         let (ready, complete) = running.map(|d| readiness(d, branch)).unwrap_or((0, false));
-        if let Some(why) = running.and_then(cannot_create_pods) {
-            problems.0.push(Error {
-                operation: "create pods for",
-                what: format!("branch `{}`", branch.branch),
-                source: kube::Error::Service(why.into()),
-            });
+        // Only while it keeps the branch short of its replicas: the Deployment keeps the
+        // condition for a while after it no longer matters.
+        if let Some(why) = running.filter(|_| !complete).and_then(cannot_create_pods) {
+            problems.reported.push(format!(
+                "branch `{}` cannot create its pods: {why}",
+                branch.branch
+            ));
         }
         let url = settings.url(branch).unwrap_or_default();
         settled &= complete;
@@ -579,7 +717,7 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             .await;
     }
     write_status(client, webspace, status).await?;
-    if let Some(first) = problems.0.into_iter().next() {
+    if let Some(first) = problems.errors.into_iter().next() {
         return Err(first);
     }
     Ok(Action::requeue(if settled {

@@ -130,7 +130,6 @@ fn preamble(releases: &[Release], deployments: Vec<Value>) -> Vec<(Method, Strin
             ALL_DEPLOYMENTS.into(),
             list("DeploymentList", deployments),
         ),
-        (Method::GET, PODS.into(), list("PodList", vec![])),
     ]
 }
 
@@ -174,7 +173,7 @@ async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(5))
     );
-    let deployment = &bodies[8];
+    let deployment = &bodies[7];
     assert_eq!(
         deployment["metadata"]["annotations"]["slipway.dev/release"],
         "r1"
@@ -193,9 +192,9 @@ async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
         bodies[1]["metadata"]["ownerReferences"][0]["kind"],
         "Customer"
     );
-    let service = &bodies[9];
+    let service = &bodies[8];
     assert_eq!(service["spec"]["ports"][0]["protocol"], "TCP");
-    let status = &bodies[11];
+    let status = &bodies[10];
     assert_eq!(status["kind"], "Webspace", "status by server-side apply");
     assert_eq!(status["status"]["phase"], "Progressing");
     assert_eq!(condition(status, "Built")["status"], "True");
@@ -228,14 +227,14 @@ async fn a_new_release_goes_live_when_its_rollout_completes() {
         Action::requeue(Duration::from_secs(300))
     );
     assert_eq!(
-        bodies[11],
+        bodies[10],
         json!({"status": {"phase": "Superseded", "url": null, "reason": null}})
     );
     assert_eq!(
-        bodies[12],
+        bodies[11],
         json!({"status": {"phase": "Live", "url": "http://blog.apps.example.com", "reason": null}})
     );
-    let status = &bodies[13];
+    let status = &bodies[12];
     assert_eq!(status["status"]["phase"], "Ready");
     assert_eq!(status["status"]["url"], "http://blog.apps.example.com");
     assert_eq!(status["status"]["branches"][0]["readyReplicas"], 1);
@@ -291,6 +290,8 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous
             "message": "ReplicaSet \"blog-main-7d\" has timed out progressing."}]}),
     );
     let mut script = preamble(&releases, vec![stuck]);
+    // A rollout under way: its pods are read, to fail it early if they cannot start.
+    script.push((Method::GET, PODS.into(), list("PodList", vec![])));
     script.push((
         Method::PATCH,
         release_status("r2"),
@@ -392,8 +393,8 @@ async fn an_api_error_is_reported_requeues_with_backoff_and_other_branches_and_w
         format!("cannot apply Deployment {}", named("feature-x"))
     );
     let bodies = server.finish().await;
-    assert_eq!(bodies[12]["reason"], "ReconcileError");
-    let ready = condition(&bodies[13], "Ready");
+    assert_eq!(bodies[11]["reason"], "ReconcileError");
+    let ready = condition(&bodies[12], "Ready");
     assert_eq!(ready["reason"], "ReconcileError");
     assert!(
         ready["message"]
