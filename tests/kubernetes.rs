@@ -121,7 +121,7 @@ impl Operator {
             .args(["--lease-namespace", "slipway-system"])
             // The progress deadline is the last resort for a pod that never gets ready; a short
             // one keeps the test short.
-            .args(["--progress-deadline", "60"])
+            .args(["--progress-deadline", "30"])
             .env("KUBECONFIG", kubeconfig)
             .env("SLIPWAY_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -595,6 +595,49 @@ fn the_kubernetes_journey_on_a_real_cluster() {
     );
     assert_eq!(get(&main_address).as_deref(), Some("version two"));
 
+    step("an app that never gets ready: failed at the progress deadline, the previous one serves");
+    let files = vec![
+        (
+            "Dockerfile",
+            // It serves, but not on $PORT, so its readiness probe never passes.
+            format!(
+                "FROM {BASE_IMAGE}\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"9999\", \"-h\", \"/www\"]\n"
+            ),
+        ),
+        ("index.html", "never ready\n".to_owned()),
+    ];
+    commit(&client, &app, &as_refs(&files), "never ready");
+    let pushed = client.git(&app, &["push", &url, "main"]);
+    let said = stderr(&pushed);
+    assert!(said.contains("failed to go live"), "{said}\n{}", logs());
+    assert!(said.contains("progress deadline"), "{said}");
+    let released = cluster.jsonpath(
+        &["webspace", &name],
+        "{.status.conditions[?(@.type==\"Released\")].message}",
+    );
+    assert!(released.contains("progress deadline"), "{released}");
+    let answer = get(&main_address);
+    assert_eq!(
+        answer.as_deref(),
+        Some("version two"),
+        "{}\n{}",
+        cluster.ok(&[
+            "get",
+            "pods,services,endpoints",
+            "-n",
+            &namespace,
+            "-o",
+            "wide"
+        ]),
+        logs()
+    );
+    eventually(
+        "the webspace Ready again on the previous release",
+        Duration::from_secs(60),
+        &logs,
+        || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
+    );
+
     step("more pods than the quota: the Webspace says why, and the serving release stays");
     cluster.ok(&[
         "patch",
@@ -626,16 +669,17 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         "-p",
         r#"{"spec":{"replicas":1}}"#,
     ]);
+    // An error that no longer holds leaves the status (a merge patch would keep it forever).
     eventually(
-        "the webspace Ready with one replica",
+        "the webspace Ready with one replica, and the quota error gone",
         Duration::from_secs(60),
         &logs,
-        || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
-    );
-    assert_eq!(
-        cluster.jsonpath(&["webspace", &name], "{.status.lastError}"),
-        "",
-        "an error that no longer holds leaves the status"
+        || {
+            cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready"
+                && cluster
+                    .jsonpath(&["webspace", &name], "{.status.lastError}")
+                    .is_empty()
+        },
     );
 
     step("the webspace moves to another customer: its objects move, none stay behind");

@@ -348,8 +348,15 @@ fn condition<'a>(
         .find(|c| c.type_ == kind && c.status == status)
 }
 
-/// Why the Deployment's rollout failed, if it missed its progress deadline.
+/// Why the Deployment's rollout failed, if it missed its progress deadline. Only a condition
+/// about the current template counts: after the previous image is applied again, the missed
+/// deadline of the failed rollout stays on the Deployment until its controller has seen the
+/// change, and read then it would fail the release that was restored (seen on a real cluster).
 fn deadline_missed(deployment: &KubeDeployment) -> Option<String> {
+    let observed = deployment.status.as_ref()?.observed_generation;
+    if observed < deployment.metadata.generation {
+        return None;
+    }
     condition(deployment, "Progressing", "False")
         .filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
         .map(|c| {
@@ -571,6 +578,14 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             continue;
         };
         if release_of(running) != Some(branch.release.as_str()) {
+            continue;
+        }
+        // Only a release that never went live is failed here: failing a live one would bring
+        // back an older one still, for what may be the cluster's trouble rather than the app's.
+        let live = releases.iter().any(|r| {
+            r.metadata.name.as_deref() == Some(branch.release.as_str()) && r.phase() == "Live"
+        });
+        if live {
             continue;
         }
         let why = match pods_failure(&pods, &branch.release) {
