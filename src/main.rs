@@ -366,8 +366,13 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot listen on {}", args.ssh_listen))?;
     let address = listener.local_addr()?;
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let mut environment: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(name, _)| env::PASSED_FROM_SERVER.iter().any(|p| name == *p))
+        .map(|(name, value)| {
+            let value = env::anchored(&name, &value, &cwd);
+            (name, value)
+        })
         .collect();
     if kube {
         environment.push((env::STORE.into(), "kube".into()));

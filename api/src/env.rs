@@ -73,6 +73,38 @@ pub const IMAGE_REGISTRY: &str = "SLIPWAY_IMAGE_REGISTRY";
 /// (`ingress-nginx`; k3s runs Traefik in `kube-system`).
 pub const INGRESS_NAMESPACE: &str = "SLIPWAY_INGRESS_NAMESPACE";
 
+/// Variables of [`PASSED_FROM_SERVER`] that name files: a relative one is made absolute
+/// against the server's directory by [`anchored`], since hooks run in the repository.
+pub const PATHS_FROM_SERVER: &[&str] = &["KUBECONFIG", "DOCKER_CONFIG", "DOCKER_CERT_PATH"];
+
+/// `value` of the variable `name` as a hook needs it: for [`PATHS_FROM_SERVER`], each relative
+/// path (`KUBECONFIG` is a `:`-separated list) joined to `cwd`; anything else unchanged.
+/// (`KUBECONFIG=git.kubeconfig slipway git-server` left every hook without a cluster.)
+pub fn anchored(
+    name: &std::ffi::OsStr,
+    value: &std::ffi::OsStr,
+    cwd: &std::path::Path,
+) -> std::ffi::OsString {
+    if !PATHS_FROM_SERVER.iter().any(|p| name == *p) {
+        return value.to_owned();
+    }
+    let Some(text) = value.to_str() else {
+        return value.to_owned();
+    };
+    let parts: Vec<String> = text
+        .split(':')
+        .map(|part| {
+            let path = std::path::Path::new(part);
+            if part.is_empty() || path.is_absolute() {
+                part.to_owned()
+            } else {
+                cwd.join(path).display().to_string()
+            }
+        })
+        .collect();
+    parts.join(":").into()
+}
+
 /// Variables the server passes from its own environment to git and its hooks, and nothing
 /// else: git needs a `PATH` to find its helpers and a `HOME` to not complain; locale and `TZ`
 /// only shape messages; the `DOCKER_*` ones tell the hook where the engine and its registry
@@ -95,3 +127,27 @@ pub const PASSED_FROM_SERVER: &[&str] = &[
     BUILD_TIMEOUT,
     BUILDER,
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    use super::anchored;
+
+    #[test]
+    fn relative_paths_for_hooks_are_anchored_to_the_server_directory() {
+        let cwd = Path::new("/srv/slipway");
+        let at = |name: &str, value: &str| anchored(OsStr::new(name), OsStr::new(value), cwd);
+        assert_eq!(
+            at("KUBECONFIG", "git.kubeconfig"),
+            "/srv/slipway/git.kubeconfig"
+        );
+        assert_eq!(
+            at("KUBECONFIG", "/etc/k:rel/k"),
+            "/etc/k:/srv/slipway/rel/k"
+        );
+        assert_eq!(at("DOCKER_CONFIG", "/root/.docker"), "/root/.docker");
+        assert_eq!(at("PATH", "bin"), "bin", "only file variables change");
+    }
+}
