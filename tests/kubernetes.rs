@@ -93,6 +93,20 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Merges `spec` (JSON) into Webspace `name`'s spec, as `kubectl patch` does.
+    fn patch_spec(&self, name: &str, spec: &str) {
+        let patch = format!(r#"{{"spec":{spec}}}"#);
+        self.ok(&["patch", "webspace", name, "--type=merge", "-p", &patch]);
+    }
+
+    /// `FIELD` of Webspace `name`'s condition `KIND` (empty when it has none).
+    fn condition(&self, name: &str, kind: &str, field: &str) -> String {
+        self.jsonpath(
+            &["webspace", name],
+            &format!("{{.status.conditions[?(@.type==\"{kind}\")].{field}}}"),
+        )
+    }
+
     /// A kubeconfig impersonating `system:serviceaccount:slipway-system:ACCOUNT`.
     fn kubeconfig_as(&self, account: &str, into: &Path) -> PathBuf {
         let output = Command::new(format!("{ROOT}/scripts/cluster"))
@@ -364,10 +378,7 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         &logs,
         || {
             cluster
-                .jsonpath(
-                    &["webspace", &orphan],
-                    "{.status.conditions[?(@.type==\"Ready\")].message}",
-                )
+                .condition(&orphan, "Ready", "message")
                 .contains(&format!("customer `nobody-{run}` does not exist"))
         },
     );
@@ -562,10 +573,37 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         ),
         ("index.html", "never\n".to_owned()),
     ];
-    commit(&client, &app, &as_refs(&files), "crash");
-    let pushed = client.git(&app, &["push", &url, "main"]);
-    let said = stderr(&pushed);
-    assert!(said.contains("failed to go live"), "{said}\n{}", logs());
+    // A push whose release fails: what it printed.
+    let push_failing = |files: &[(&'static str, String)], message: &str| {
+        commit(&client, &app, &as_refs(files), message);
+        let said = stderr(&client.git(&app, &["push", &url, "main"]));
+        assert!(said.contains("failed to go live"), "{said}\n{}", logs());
+        said
+    };
+    // The previous release serves, and the webspace is Ready on it again.
+    let previous_serves = || {
+        assert_eq!(
+            get(&main_address).as_deref(),
+            Some("version two"),
+            "{}\n{}",
+            cluster.ok(&[
+                "get",
+                "pods,services,endpoints",
+                "-n",
+                &namespace,
+                "-o",
+                "wide"
+            ]),
+            logs()
+        );
+        eventually(
+            "the webspace Ready again on the previous release",
+            Duration::from_secs(60),
+            &logs,
+            || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
+        );
+    };
+    let said = push_failing(&files, "crash");
     assert!(
         said.contains("the-app-says-boom"),
         "the app's last log line: {said}"
@@ -575,24 +613,17 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         "{.items[?(@.status.phase==\"Failed\")].metadata.name}",
     );
     assert!(!crashed.trim().is_empty(), "a Failed Release");
-    let released = cluster.jsonpath(
-        &["webspace", &name],
-        "{.status.conditions[?(@.type==\"Released\")].reason}",
+    assert_eq!(
+        cluster.condition(&name, "Released", "reason"),
+        "RolloutFailed"
     );
-    assert_eq!(released, "RolloutFailed");
     let described = cluster.ok(&["describe", "webspace", &name]);
     assert!(
         described.contains("ReleaseFailed"),
         "{described}\n{}",
         logs()
     );
-    assert_eq!(get(&main_address).as_deref(), Some("version two"));
-    eventually(
-        "the webspace Ready again on the previous release",
-        Duration::from_secs(60),
-        &logs,
-        || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
-    );
+    previous_serves();
     assert_eq!(get(&main_address).as_deref(), Some("version two"));
 
     step("an app that never gets ready: failed at the progress deadline, the previous one serves");
@@ -606,69 +637,26 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         ),
         ("index.html", "never ready\n".to_owned()),
     ];
-    commit(&client, &app, &as_refs(&files), "never ready");
-    let pushed = client.git(&app, &["push", &url, "main"]);
-    let said = stderr(&pushed);
-    assert!(said.contains("failed to go live"), "{said}\n{}", logs());
+    let said = push_failing(&files, "never ready");
     assert!(said.contains("progress deadline"), "{said}");
-    let released = cluster.jsonpath(
-        &["webspace", &name],
-        "{.status.conditions[?(@.type==\"Released\")].message}",
-    );
+    let released = cluster.condition(&name, "Released", "message");
     assert!(released.contains("progress deadline"), "{released}");
-    let answer = get(&main_address);
-    assert_eq!(
-        answer.as_deref(),
-        Some("version two"),
-        "{}\n{}",
-        cluster.ok(&[
-            "get",
-            "pods,services,endpoints",
-            "-n",
-            &namespace,
-            "-o",
-            "wide"
-        ]),
-        logs()
-    );
-    eventually(
-        "the webspace Ready again on the previous release",
-        Duration::from_secs(60),
-        &logs,
-        || cluster.jsonpath(&["webspace", &name], "{.status.phase}") == "Ready",
-    );
+    previous_serves();
 
     step("more pods than the quota: the Webspace says why, and the serving release stays");
-    cluster.ok(&[
-        "patch",
-        "webspace",
-        &name,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":20}}"#,
-    ]);
+    cluster.patch_spec(&name, r#"{"replicas":20}"#);
     eventually(
         "the quota refusal in the Ready condition",
         Duration::from_secs(60),
         &logs,
         || {
             cluster
-                .jsonpath(
-                    &["webspace", &name],
-                    "{.status.conditions[?(@.type==\"Ready\")].message}",
-                )
+                .condition(&name, "Ready", "message")
                 .contains("exceeded quota")
         },
     );
     assert_eq!(get(&main_address).as_deref(), Some("version two"));
-    cluster.ok(&[
-        "patch",
-        "webspace",
-        &name,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":1}}"#,
-    ]);
+    cluster.patch_spec(&name, r#"{"replicas":1}"#);
     // An error that no longer holds leaves the status (a merge patch would keep it forever).
     eventually(
         "the webspace Ready with one replica, and the quota error gone",
@@ -688,14 +676,7 @@ fn the_kubernetes_journey_on_a_real_cluster() {
     cluster.apply(&format!(
         "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata:\n  name: {other}\nspec:\n  email: {other}@example.com\n"
     ));
-    cluster.ok(&[
-        "patch",
-        "webspace",
-        &name,
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"spec":{{"customer":"{other}"}}}}"#),
-    ]);
+    cluster.patch_spec(&name, &format!(r#"{{"customer":"{other}"}}"#));
     let moved = format!("slipway-{other}");
     eventually(
         "the objects in the new namespace, none in the old",
