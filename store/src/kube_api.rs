@@ -123,29 +123,19 @@ impl KubeStore {
 
     fn watch_all(&self) {
         self.watching.get_or_init(|| {
-            let changes = &self.changes;
-            let health = &self.health;
-            tokio::spawn(watch(
-                self.api::<Customer>(),
-                changes.clone(),
-                health.clone(),
-            ));
-            tokio::spawn(watch(
-                self.api::<Webspace>(),
-                changes.clone(),
-                health.clone(),
-            ));
-            tokio::spawn(watch(
-                self.api::<Runtime>(),
-                changes.clone(),
-                health.clone(),
-            ));
-            tokio::spawn(watch(
-                self.api::<Release>(),
-                changes.clone(),
-                health.clone(),
-            ));
+            self.spawn_watch::<Customer>();
+            self.spawn_watch::<Webspace>();
+            self.spawn_watch::<Runtime>();
+            self.spawn_watch::<Release>();
         });
+    }
+
+    fn spawn_watch<K: Kind>(&self) {
+        tokio::spawn(watch(
+            self.api::<K>(),
+            self.changes.clone(),
+            self.health.clone(),
+        ));
     }
 }
 
