@@ -489,3 +489,76 @@ fn a_deleted_webspace_does_not_hand_its_code_to_the_next_owner_of_the_name() {
             == 1
     );
 }
+
+/// Every file under `dir` with its contents, for "nothing here changed".
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = vec![];
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).expect("read_dir").flatten() {
+            let path = entry.path();
+            if entry.file_type().expect("file type").is_dir() {
+                pending.push(path);
+            } else {
+                found.push((path.clone(), fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn a_repository_symlinked_to_another_webspaces_is_refused_for_clone_and_push() {
+    let world = World::new();
+    let bob_key = keygen(&world.scratch, "bob");
+    apply_ok(
+        &world.scratch.data(),
+        &(customer_yaml("bob", &[&bob_key]) + &webspace_yaml("bobsite", "bob")),
+    );
+    let bob = Client::new(&bob_key);
+    let bobs_app = world.scratch.path("bobs-app");
+    work_tree(&bob, &bobs_app, &[("secret.txt", "bob's code\n")]);
+    assert_ok(&bob.git(
+        &bobs_app,
+        &["push", &world.server.url("bobsite.git"), "main"],
+    ));
+    let target = world.repository("bobsite");
+    let before = snapshot(&target);
+    std::os::unix::fs::symlink("bobsite.git", world.repository("blog")).expect("plant link");
+
+    let clone = world.scratch.path("stolen");
+    let cloned = world.alice.git(
+        world.scratch.dir.path(),
+        &[
+            "clone",
+            &world.server.url("blog.git"),
+            clone.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!cloned.status.success(), "clone through a link succeeded");
+    assert!(
+        stderr(&cloned).contains(
+            "remote: error: the repository of `blog` is not a plain directory on the server"
+        ),
+        "{}",
+        stderr(&cloned)
+    );
+    assert!(!clone.join("secret.txt").exists());
+
+    let app = world.scratch.path("app");
+    work_tree(&world.alice, &app, &[("a", "alice's push\n")]);
+    let pushed = world
+        .alice
+        .git(&app, &["push", &world.server.url("blog.git"), "main"]);
+    assert!(!pushed.status.success(), "push through a link succeeded");
+    assert!(
+        stderr(&pushed).contains(
+            "remote: error: the repository of `blog` is not a plain directory on the server"
+        ),
+        "{}",
+        stderr(&pushed)
+    );
+    assert_eq!(snapshot(&target), before, "bob's repository changed");
+    assert_fsck(&target);
+}

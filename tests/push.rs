@@ -303,11 +303,10 @@ fn killing_the_client_mid_push_leaves_no_process_and_a_sound_repository() {
         .spawn()
         .expect("push");
     let repository = world.repository("blog");
-    let needle = repository.display().to_string();
     wait_for(
         "receive-pack to be receiving",
         Duration::from_secs(20),
-        || !processes_mentioning(&needle).is_empty(),
+        || !processes_in(&repository).is_empty(),
     );
     let group = nix::unistd::Pid::from_raw(i32::try_from(push.id()).expect("pid"));
     nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).expect("kill client");
@@ -316,7 +315,7 @@ fn killing_the_client_mid_push_leaves_no_process_and_a_sound_repository() {
     wait_for(
         "no git process left for the repository",
         Duration::from_secs(20),
-        || processes_mentioning(&needle).is_empty(),
+        || processes_in(&repository).is_empty(),
     );
     assert_eq!(
         rev_parse(&repository, "refs/heads/main"),

@@ -10,7 +10,6 @@
 //!   exit status, EOF and close are sent once, in that order.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::Service;
+use crate::repository::Repository;
 
 /// Chunk size for copying git's stdout to the client. 8 KiB reads made one SSH packet each and
 /// made clones 1.3x slower than OpenSSH; 256 KiB lets russh fill its packets.
@@ -39,8 +39,8 @@ const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Invocation {
     /// Push or fetch.
     pub service: Service,
-    /// Absolute path of the bare repository.
-    pub repository: PathBuf,
+    /// The bare repository, held open (see [`crate::repository`]).
+    pub repository: Repository,
     /// The complete environment of the process.
     pub environment: Vec<(OsString, OsString)>,
 }
@@ -70,9 +70,12 @@ pub async fn run(
         Service::ReceivePack => "push",
         Service::UploadPack => "fetch",
     };
+    // git starts in the opened directory and is told `.`: it never resolves the repository's
+    // name, which could have become a link since it was checked.
     let mut child = Command::new("git")
         .arg(invocation.service.subcommand())
-        .arg(&invocation.repository)
+        .arg(".")
+        .current_dir(invocation.repository.working_directory())
         .env_clear()
         .envs(invocation.environment)
         .stdin(Stdio::piped())

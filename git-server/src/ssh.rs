@@ -659,7 +659,19 @@ async fn execute<S: Store>(
     )
     .await
     {
-        Ok(path) => path,
+        Ok(repository) => repository,
+        Err(error @ repository::RepositoryError::NotADirectory { .. }) => {
+            tracing::error!(error = %error, "refused a repository that is not a plain directory");
+            fail(
+                &format!(
+                    "the repository of `{}` is not a plain directory on the server; refusing to use it",
+                    command.webspace
+                ),
+                Some("this is for the server's operator to fix; tell them"),
+            )
+            .await;
+            return;
+        }
         Err(error) => {
             tracing::error!(error = %error, "cannot prepare the repository");
             fail(

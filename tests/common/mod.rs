@@ -433,8 +433,9 @@ pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool
     }
 }
 
-/// Processes whose command line mentions `needle`.
-pub fn processes_mentioning(needle: &str) -> Vec<String> {
+/// Processes working in `dir` (git runs in the repository it serves).
+pub fn processes_in(dir: &Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let mut found = vec![];
     for entry in fs::read_dir("/proc").expect("/proc").flatten() {
         if !entry
@@ -445,11 +446,9 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         {
             continue;
         }
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(cmdline);
-            }
+        if fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir) {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
         }
     }
     found
