@@ -162,6 +162,58 @@ struct UpArgs {
     /// need CPU too).
     #[arg(long, env = env::ROUTER_THREADS)]
     router_threads: Option<std::num::NonZeroUsize>,
+    #[command(flatten)]
+    router_limits: RouterLimits,
+}
+
+/// What one client of the router can hold (the defaults and their reasons:
+/// `slipway_operator::router`'s constants).
+#[derive(Debug, Args)]
+struct RouterLimits {
+    /// Seconds a client has for a whole request head (one deadline, from its first byte).
+    #[arg(long, env = "SLIPWAY_ROUTER_HEAD_TIMEOUT", default_value_t = slipway_operator::router::HEAD_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_head_timeout: u64,
+    /// Seconds an idle client connection stays open between requests.
+    #[arg(long, env = "SLIPWAY_ROUTER_IDLE_TIMEOUT", default_value_t = slipway_operator::router::IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_idle_timeout: u64,
+    /// Seconds a request body may stall between two reads.
+    #[arg(long, env = "SLIPWAY_ROUTER_BODY_TIMEOUT", default_value_t = slipway_operator::router::BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_body_timeout: u64,
+    /// Seconds a write to a client may make no progress.
+    #[arg(long, env = "SLIPWAY_ROUTER_WRITE_TIMEOUT", default_value_t = slipway_operator::router::WRITE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_write_timeout: u64,
+    /// Seconds connecting to an app may take.
+    #[arg(long, env = "SLIPWAY_ROUTER_CONNECT_TIMEOUT", default_value_t = slipway_operator::router::CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_connect_timeout: u64,
+    /// Seconds an app may take to start its answer (then 504).
+    #[arg(long, env = "SLIPWAY_ROUTER_RESPONSE_TIMEOUT", default_value_t = slipway_operator::router::RESPONSE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_response_timeout: u64,
+    /// Client connections open at once, in all.
+    #[arg(long, env = "SLIPWAY_ROUTER_MAX_CONNECTIONS", default_value_t = slipway_operator::router::MAX_CONNECTIONS)]
+    router_max_connections: usize,
+    /// Client connections open at once from one source address.
+    #[arg(long, env = "SLIPWAY_ROUTER_MAX_CONNECTIONS_PER_SOURCE", default_value_t = slipway_operator::router::MAX_CONNECTIONS_PER_SOURCE)]
+    router_max_connections_per_source: usize,
+    /// The largest request body, in bytes, for apps whose Webspace sets no `maxRequestBody`
+    /// (then 413).
+    #[arg(long, env = "SLIPWAY_ROUTER_MAX_BODY", default_value_t = slipway_operator::router::MAX_BODY)]
+    router_max_body: u64,
+}
+
+impl RouterLimits {
+    fn limits(&self) -> slipway_operator::router::Limits {
+        slipway_operator::router::Limits {
+            head_timeout: Duration::from_secs(self.router_head_timeout),
+            idle_timeout: Duration::from_secs(self.router_idle_timeout),
+            body_timeout: Duration::from_secs(self.router_body_timeout),
+            write_timeout: Duration::from_secs(self.router_write_timeout),
+            connect_timeout: Duration::from_secs(self.router_connect_timeout),
+            response_timeout: Duration::from_secs(self.router_response_timeout),
+            max_connections: self.router_max_connections,
+            max_connections_per_source: self.router_max_connections_per_source,
+            max_body: self.router_max_body,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +316,7 @@ fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
 struct Rollout {
     http_listen: SocketAddr,
     router_threads: std::num::NonZeroUsize,
+    router_limits: slipway_operator::router::Limits,
     settings: slipway_operator::single_host::Settings,
 }
 
@@ -274,6 +327,7 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
         router_threads: args
             .router_threads
             .unwrap_or_else(slipway_operator::router::default_threads),
+        router_limits: args.router_limits.limits(),
         settings: slipway_operator::single_host::Settings {
             hosts: slipway_operator::Hosts {
                 domain: args.domain.clone(),
@@ -441,6 +495,7 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             http,
             table.clone(),
             rollout.router_threads,
+            rollout.router_limits,
             shutdown.clone(),
         )));
         background.push(tokio::spawn(slipway_operator::single_host::run(

@@ -415,6 +415,7 @@ fn reach(inspect: &bollard::models::ContainerInspectResponse, private: u16) -> O
                 Some(Target {
                     address: SocketAddr::new(endpoint, private),
                     namespace: Some(namespace),
+                    max_body: None,
                 })
             }
             Err(error) => {

@@ -2,43 +2,40 @@
 //!
 //! # Guarantees
 //! - Route changes are atomic: a request sees the whole old table or the whole new one.
-//! - Bodies stream both ways (no whole-body buffering); connections to clients and to backends
-//!   are kept alive; method, target, query and end-to-end headers are kept; hop-by-hop headers
-//!   are dropped and `X-Forwarded-For`, `-Proto` and `-Host` are set.
-//! - An unknown host gets 404 with a short page; a backend that does not answer gets 502, one
-//!   that does not answer within [`RESPONSE_TIMEOUT`] 504.
-//! - Hostile requests are refused before they reach an app (see [`http1`]): 400, 431 or 501,
-//!   then the connection closes.
+//! - Every byte from clients and backends is parsed by hyper (HTTP/1.x); nothing is forwarded
+//!   as it came. Each request is rebuilt for the backend with its framing re-derived, so one
+//!   client request is one backend request, and the backend never sees a request the router
+//!   did not parse (see [`proxy`] for the rewriting).
+//! - Bodies stream both ways; connections to clients and to backends are kept alive.
+//! - An unknown host gets 404; a backend that does not answer 502, one that does not start its
+//!   answer within [`Limits::response_timeout`] 504; a body over the limit 413.
+//! - Every resource a client can hold has a limit ([`Limits`]): the time to send a request head
+//!   (one deadline for the whole head), idle time, a stalled body, a client that stops reading,
+//!   connections in all and per source address.
 //! - `Upgrade` (WebSocket) requests are passed through when the app switches protocols.
 //!
 //! # Design
-//! One task per client connection does everything for it: it reads a request head, picks the
-//! backend, writes the rewritten head (with the first body bytes) to the backend connection it
-//! keeps for the client, and relays the response head and body back, each in as few writes as
-//! the bytes allow. No message is rebuilt from a model, no task hands bytes to another, and
-//! there is no shared pool to lock: that keeps a proxied request close to the four system
-//! calls it needs. A request body is sent while the response is read, so `Expect:
-//! 100-continue` and early answers (413 before the upload ends) work.
+//! `threads` threads, each with a single-threaded runtime, accept from one socket (like nginx's
+//! workers). A client connection is served by hyper's HTTP/1 server on a socket that enforces
+//! the deadlines ([`io`]), and keeps one backend connection (hyper's HTTP/1 client) for its
+//! requests to the same backend: no pool is shared between clients.
 
-pub mod http1;
+mod io;
+mod proxy;
 
 use std::collections::HashMap;
-use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::task::Context;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::netns::Namespace;
-use http1::{Body, Refusal};
 
 /// Host name (lowercase, without port) → backend.
 pub type Routes = HashMap<String, Target>;
@@ -51,6 +48,9 @@ pub struct Target {
     pub address: SocketAddr,
     /// The network namespace the address is in; `None`: this host's.
     pub namespace: Option<Arc<Namespace>>,
+    /// The largest request body this backend takes, in bytes; `None`:
+    /// [`Limits::max_body`].
+    pub max_body: Option<u64>,
 }
 
 impl From<SocketAddr> for Target {
@@ -58,6 +58,7 @@ impl From<SocketAddr> for Target {
         Self {
             address,
             namespace: None,
+            max_body: None,
         }
     }
 }
@@ -76,16 +77,24 @@ impl Target {
     ///
     /// # Errors
     /// When the backend refuses or does not answer in time, or the namespace cannot be entered.
-    pub async fn connect(&self) -> io::Result<TcpStream> {
+    pub async fn connect(&self) -> std::io::Result<TcpStream> {
+        self.connect_within(CONNECT_TIMEOUT).await
+    }
+
+    /// A new connection to the backend, within `timeout`.
+    ///
+    /// # Errors
+    /// When the backend refuses or does not answer in time, or the namespace cannot be entered.
+    pub async fn connect_within(&self, timeout: Duration) -> std::io::Result<TcpStream> {
         let v6 = self.address.is_ipv6();
         let socket = match &self.namespace {
             Some(namespace) => namespace.socket(v6)?,
             None if v6 => TcpSocket::new_v6()?,
             None => TcpSocket::new_v4()?,
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(self.address))
+        tokio::time::timeout(timeout, socket.connect(self.address))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     }
 }
 
@@ -115,6 +124,7 @@ impl RouteTable {
 }
 
 /// A connection's copy of the route table, refreshed when the table changes.
+#[derive(Debug)]
 struct CachedRoutes {
     table: RouteTable,
     version: u64,
@@ -143,22 +153,83 @@ impl CachedRoutes {
     }
 }
 
-/// How long an idle client connection is kept open (nginx's `keepalive_timeout` default).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// How long a client may take to send a whole request head once it started.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long connecting to a backend may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a backend may take to start its response.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Bytes read at a time.
-const READ_CHUNK: usize = 16 * 1024;
-/// Body bytes written together with a head in one write, at most.
-const COALESCE: usize = 32 * 1024;
+/// The largest request head accepted, in bytes (nginx's `large_client_header_buffers` allow
+/// 4 × 8 KiB lines; a 64 KiB head fits every real cookie jar). Larger: 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Bytes a connection's read buffer holds beyond a head (body bytes read with it).
+const READ_AHEAD: usize = 16 * 1024;
+/// The most headers one head may carry (hyper's default is 100).
+pub const MAX_HEADERS: usize = 128;
 
-const NOT_FOUND: &str = "404: no app is deployed on this host\n";
-const BAD_GATEWAY: &str = "502: the app is not answering\n";
-const GATEWAY_TIMEOUT: &str = "504: the app did not answer in time\n";
+/// The limits on what one client can hold. Each default is a named constant with its reason;
+/// `slipway up` takes each as a flag.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// [`HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+    /// [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// [`BODY_TIMEOUT`].
+    pub body_timeout: Duration,
+    /// [`WRITE_TIMEOUT`].
+    pub write_timeout: Duration,
+    /// [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// [`RESPONSE_TIMEOUT`].
+    pub response_timeout: Duration,
+    /// [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// [`MAX_CONNECTIONS_PER_SOURCE`].
+    pub max_connections_per_source: usize,
+    /// [`MAX_BODY`], for apps that do not set their own.
+    pub max_body: u64,
+}
+
+/// How long a client has for a whole request head, from its first byte (from the accept, for
+/// a connection's first request). One deadline, not one per read: a client sending a byte now
+/// and then is closed all the same (slowloris), with 408. nginx's `client_header_timeout` is
+/// 60 s per read; 30 s for the whole head is generous for any real client.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle client connection is kept open between requests (nginx's
+/// `keepalive_timeout` default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a request body may stall: each read must bring bytes within it (nginx's
+/// `client_body_timeout` default). A slow upload goes on; a stopped one is closed.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a write to a client may make no progress (nginx's `send_timeout` default). A client
+/// that stops reading is closed, and with it the backend connection it held.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting to a backend may take: an app that is up accepts at once.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backend may take to start its response (long reports, slow uploads' processing).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Client connections open at once, over all clients: each costs a task, buffers and a file
+/// descriptor, and a backend connection; 16,384 stays far inside a default `ulimit -n` raised
+/// by systemd (524,288) and inside memory (about 64 KiB each at most).
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Client connections open at once from one source address: a browser opens 6 per host, a
+/// NAT of a few hundred users a few hundred; one address alone cannot take more than an
+/// eighth of [`MAX_CONNECTIONS`] and lock everyone else out.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 2_048;
+/// The largest request body an app gets unless its Webspace says otherwise (1 GiB: uploads of
+/// any ordinary size pass; an endless one does not fill the app's disk through the router).
+pub const MAX_BODY: u64 = 1 << 30;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            head_timeout: HEAD_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            response_timeout: RESPONSE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            max_body: MAX_BODY,
+        }
+    }
+}
 
 /// The router's threads when nothing else is said: half the CPUs, at least one.
 ///
@@ -172,6 +243,67 @@ pub fn default_threads() -> NonZeroUsize {
     NonZeroUsize::new(cpus / 2).unwrap_or(NonZeroUsize::MIN)
 }
 
+/// Counts open client connections, in all and per source address, across the router's threads.
+#[derive(Debug, Default)]
+struct Admission {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+struct Admitted {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Admission {
+    /// A place for a connection from `source`, or why there is none.
+    fn admit(self: &Arc<Self>, source: IpAddr, limits: &Limits) -> Result<Admitted, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_source) = &mut *open;
+        let from_source = by_source.get(&source).copied().unwrap_or(0);
+        if from_source >= limits.max_connections_per_source {
+            return Err("503: too many connections from your address\n");
+        }
+        if *total >= limits.max_connections {
+            return Err("503: the server is at its connection limit, try again shortly\n");
+        }
+        *total += 1;
+        by_source.insert(source, from_source + 1);
+        Ok(Admitted {
+            admission: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (total, by_source) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(count) = by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A short plain-text response written straight to a socket, before or instead of HTTP.
+fn raw_page(status: &str, text: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
+
 /// Serves HTTP on `listener`, routing by `table`, until `shutdown` is cancelled; then stops
 /// accepting, closes idle connections and lets busy ones finish their current request.
 ///
@@ -182,6 +314,7 @@ pub async fn run(
     listener: TcpListener,
     table: RouteTable,
     threads: NonZeroUsize,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let threads = threads.get();
@@ -192,6 +325,8 @@ pub async fn run(
             return;
         }
     };
+    let limits = Arc::new(limits);
+    let admission = Arc::new(Admission::default());
     let mut finished = Vec::new();
     for index in 0..threads {
         let listener = match listener.try_clone() {
@@ -202,9 +337,10 @@ pub async fn run(
             }
         };
         let (done, finished_one) = tokio::sync::oneshot::channel::<()>();
-        // A token of the thread's own: its connections wait on it between requests, and
-        // waiting on one token from every thread would share one lock between the CPUs.
+        // A token of the thread's own: its connections wait on it, and waiting on one token
+        // from every thread would share one lock between the CPUs.
         let (table, shutdown) = (table.clone(), shutdown.child_token());
+        let (limits, admission) = (limits.clone(), admission.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("slipway-router-{index}"))
             .spawn(move || {
@@ -214,7 +350,15 @@ pub async fn run(
                 match runtime {
                     Ok(runtime) => runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => accept(listener, table, shutdown).await,
+                            Ok(listener) => {
+                                let thread = Thread {
+                                    table,
+                                    limits,
+                                    admission,
+                                    shutdown,
+                                };
+                                thread.accept(listener).await;
+                            }
                             Err(error) => tracing::error!(%error, "router thread cannot listen"),
                         }
                     }),
@@ -232,702 +376,90 @@ pub async fn run(
     }
 }
 
-/// One router thread: accepts connections and serves each in a task of its own.
-async fn accept(listener: TcpListener, table: RouteTable, shutdown: CancellationToken) {
-    let connections = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "router accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+/// What one router thread shares with the others.
+struct Thread {
+    table: RouteTable,
+    limits: Arc<Limits>,
+    admission: Arc<Admission>,
+    shutdown: CancellationToken,
+}
+
+impl Thread {
+    /// Accepts connections and serves each in a task of its own.
+    async fn accept(self, listener: TcpListener) {
+        let connections = TaskTracker::new();
+        let mut server = hyper::server::conn::http1::Builder::new();
+        server
+            .max_header_size(MAX_HEAD)
+            .max_buf_size(MAX_HEAD + READ_AHEAD)
+            .max_headers(MAX_HEADERS)
+            // The socket enforces the head deadline (see `io`).
+            .header_read_timeout(None)
+            .half_close(true)
+            // Header names as nginx writes them: some clients compare them case-sensitively.
+            .title_case_headers(true);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "router accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let admitted = match self.admission.admit(peer.ip(), &self.limits) {
+                Ok(admitted) => admitted,
+                Err(text) => {
+                    // Best effort, without waiting: the socket's buffer takes a short page.
+                    let _ = stream.try_write(&raw_page("503 Service Unavailable", text));
+                    tracing::debug!(%peer, text, "connection refused");
                     continue;
                 }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        connections.spawn(serve(stream, peer, table.clone(), shutdown.clone()));
-    }
-    connections.close();
-    connections.wait().await;
-}
-
-/// Where bytes come from: a socket, or a test's reader.
-trait Source {
-    /// Reads what is there (at least one byte, or 0 at the end) into `buffer`.
-    async fn read_some(&mut self, buffer: &mut BytesMut) -> io::Result<usize>;
-}
-
-/// Where bytes go.
-trait Sink {
-    /// Writes all of `data`.
-    async fn send(&mut self, data: &[u8]) -> io::Result<()>;
-}
-
-impl Source for &TcpStream {
-    /// A read that comes back short drained the socket: its readiness is cleared at once, so
-    /// the next read waits for the kernel's next event instead of first trying a `recv` that
-    /// can only fail with `EAGAIN` (nginx does the same). That saves a system call per read in
-    /// the request/response rhythm of a proxy. It is safe on the router's single-threaded
-    /// runtimes: no event can be dispatched between the read and the clearing, and an event
-    /// dispatched later sets the readiness again.
-    async fn read_some(&mut self, buffer: &mut BytesMut) -> io::Result<usize> {
-        buffer.reserve(READ_CHUNK);
-        loop {
-            self.readable().await?;
-            let space = buffer.capacity() - buffer.len();
-            match self.try_read_buf(buffer) {
-                Ok(n) => {
-                    if n > 0 && n < space {
-                        let _ = self.try_io(Interest::READABLE, || {
-                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                        });
-                    }
-                    return Ok(n);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(error),
-            }
+            };
+            let _ = stream.set_nodelay(true);
+            connections.spawn(self.serve(server.clone(), stream, peer, admitted));
         }
-    }
-}
-
-impl Sink for &TcpStream {
-    async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            match self.try_write(data) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => data = &data[n..],
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable().await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A connection to a backend, kept by one client connection between its requests.
-struct Backend {
-    target: Target,
-    stream: TcpStream,
-    /// Bytes read from the backend and not yet relayed.
-    buffer: BytesMut,
-}
-
-/// What the client connection does after an exchange.
-enum Next {
-    KeepAlive,
-    Close,
-}
-
-/// One client connection, request after request.
-async fn serve(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    table: RouteTable,
-    shutdown: CancellationToken,
-) {
-    let peer = peer.ip().to_string();
-    let mut routes = CachedRoutes::new(table);
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
-    let mut backend: Option<Backend> = None;
-    loop {
-        let request = match read_request(&mut client, &mut buffer, &peer, &shutdown).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(page) => {
-                refuse(&mut client, &page).await;
-                return;
-            }
-        };
-        buffer.advance(request.head_len);
-        let closing = shutdown.is_cancelled();
-        let target = routes.current().get(&request.host).cloned();
-        let next = match target {
-            Some(target) => {
-                exchange(
-                    &mut client,
-                    &mut buffer,
-                    &mut backend,
-                    &target,
-                    &request,
-                    &shutdown,
-                )
-                .await
-            }
-            None => answer(&mut client, &request, closing, 404, NOT_FOUND).await,
-        };
-        if matches!(next, Next::Close) {
-            return;
-        }
-    }
-}
-
-/// Reads the next request head into `buffer`. `Ok(None)`: the client closed, stayed idle too
-/// long, or the router is shutting down between requests. `Err`: the page to answer with
-/// before closing.
-async fn read_request(
-    client: &mut TcpStream,
-    buffer: &mut BytesMut,
-    peer: &str,
-    shutdown: &CancellationToken,
-) -> Result<Option<http1::Request>, Vec<u8>> {
-    loop {
-        if !buffer.is_empty() {
-            match http1::request(buffer, peer) {
-                Ok(request) => return Ok(Some(request)),
-                Err(Refusal::Incomplete) => {}
-                Err(Refusal::TooLarge) => {
-                    return Err(http1::page(431, "431: request head too large\n", true));
-                }
-                Err(Refusal::Bad(reason)) => {
-                    return Err(http1::page(400, &format!("400: {reason}\n"), true));
-                }
-                Err(Refusal::NotImplemented(reason)) => {
-                    return Err(http1::page(501, &format!("501: {reason}\n"), true));
-                }
-            }
-        }
-        let idle = buffer.is_empty();
-        let mut source = &*client;
-        let read = tokio::select! {
-            biased;
-            () = shutdown.cancelled(), if idle => return Ok(None),
-            read = tokio::time::timeout(
-                if idle { IDLE_TIMEOUT } else { HEAD_TIMEOUT },
-                source.read_some(buffer),
-            ) => read,
-        };
-        match read {
-            Ok(Ok(0) | Err(_)) => return Ok(None),
-            Ok(Ok(_)) => {}
-            Err(_) if idle => return Ok(None),
-            Err(_) => return Err(http1::page(408, "408: request head too slow\n", true)),
-        }
-    }
-}
-
-/// Answers `request` with a page of the router's own. An unread request body closes the
-/// connection afterwards.
-async fn answer(
-    client: &mut TcpStream,
-    request: &http1::Request,
-    closing: bool,
-    status: u16,
-    text: &str,
-) -> Next {
-    let close = closing || !request.keep_alive || request.body != Body::Empty;
-    let page = http1::page(status, text, close);
-    if close {
-        refuse(client, &page).await;
-        return Next::Close;
-    }
-    let mut sink = &*client;
-    match sink.send(&page).await {
-        Ok(()) => Next::KeepAlive,
-        Err(_) => Next::Close,
-    }
-}
-
-/// How long a closing connection still reads what the client sends ([`refuse`]).
-const LINGER: Duration = Duration::from_secs(2);
-/// How much a closing connection reads at most.
-const LINGER_BYTES: usize = 1 << 20;
-
-/// Writes a last `page`, then closes the connection the way nginx's lingering close does:
-/// stop sending, then read and drop what the client still sends for a moment. Closing with
-/// unread bytes would make the kernel reset the connection, and a reset can destroy the page
-/// before the client reads it.
-async fn refuse(client: &mut TcpStream, page: &[u8]) {
-    if client.write_all(page).await.is_err() || client.shutdown().await.is_err() {
-        return;
-    }
-    let drain = async {
-        let mut sink = [0u8; 8192];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match client.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// How a forwarded exchange failed.
-enum Failure {
-    /// Nothing came back from the backend (it may have closed a kept connection).
-    BeforeResponse(io::Error),
-    /// The backend took longer than [`RESPONSE_TIMEOUT`].
-    Timeout,
-    /// The backend sent what the client must not see.
-    BadResponse(&'static str),
-    /// The client sent an invalid body.
-    BadRequest(&'static str),
-    /// Part of the response went out, or the client went away: only closing is left.
-    Broken,
-}
-
-/// How an exchange ended.
-struct Outcome {
-    client_keep_alive: bool,
-    backend_keep_alive: bool,
-    upgraded: bool,
-}
-
-/// Forwards `request` to `target` and its response back.
-async fn exchange(
-    client: &mut TcpStream,
-    inbound: &mut BytesMut,
-    slot: &mut Option<Backend>,
-    target: &Target,
-    request: &http1::Request,
-    shutdown: &CancellationToken,
-) -> Next {
-    let mut retried = false;
-    loop {
-        let kept = take_kept(slot, target, request.body != Body::Empty);
-        let reused = kept.is_some();
-        let mut backend = match kept {
-            Some(backend) => backend,
-            None => match connect(target).await {
-                Ok(backend) => backend,
-                Err(error) => {
-                    tracing::info!(host = %request.host, %target, %error, "backend did not answer");
-                    return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY)
-                        .await;
-                }
-            },
-        };
-        let outcome = match forward(client, inbound, &mut backend, request, shutdown).await {
-            Ok(outcome) => outcome,
-            // A kept connection the backend closed meanwhile: once more on a new one. Only
-            // without a body, which may have been partly consumed.
-            Err(Failure::BeforeResponse(_))
-                if reused && !retried && request.body == Body::Empty =>
-            {
-                retried = true;
-                continue;
-            }
-            Err(Failure::BeforeResponse(error)) => {
-                tracing::info!(host = %request.host, %target, %error, "backend did not answer");
-                return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY).await;
-            }
-            Err(Failure::BadResponse(reason)) => {
-                tracing::info!(host = %request.host, %target, reason, "backend sent an invalid response");
-                return answer(client, request, shutdown.is_cancelled(), 502, BAD_GATEWAY).await;
-            }
-            Err(Failure::Timeout) => {
-                tracing::info!(host = %request.host, %target, "backend did not answer in time");
-                return answer(
-                    client,
-                    request,
-                    shutdown.is_cancelled(),
-                    504,
-                    GATEWAY_TIMEOUT,
-                )
-                .await;
-            }
-            Err(Failure::BadRequest(reason)) => {
-                refuse(client, &http1::page(400, &format!("400: {reason}\n"), true)).await;
-                return Next::Close;
-            }
-            Err(Failure::Broken) => return Next::Close,
-        };
-        if outcome.upgraded {
-            tunnel(client, inbound, backend, shutdown).await;
-            return Next::Close;
-        }
-        if outcome.backend_keep_alive {
-            *slot = Some(backend);
-        }
-        return if outcome.client_keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        };
-    }
-}
-
-/// The kept backend connection when it goes to `target` and still looks open. With `strict`
-/// (the request has a body, which cannot be sent twice) a connection the backend closed
-/// meanwhile is noticed now rather than after sending.
-fn take_kept(slot: &mut Option<Backend>, target: &Target, strict: bool) -> Option<Backend> {
-    let backend = slot.take()?;
-    if backend.target != *target {
-        return None;
-    }
-    if strict {
-        let waker = futures_util::task::noop_waker_ref();
-        let mut context = Context::from_waker(waker);
-        if backend.stream.poll_read_ready(&mut context).is_ready() {
-            let mut probe = [0u8; 1];
-            match backend.stream.try_read(&mut probe) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                // Closed, failed, or sent bytes nobody asked for.
-                _ => return None,
-            }
-        }
-    }
-    Some(backend)
-}
-
-async fn connect(target: &Target) -> io::Result<Backend> {
-    let stream = target.connect().await?;
-    stream.set_nodelay(true)?;
-    Ok(Backend {
-        target: target.clone(),
-        stream,
-        buffer: BytesMut::with_capacity(READ_CHUNK),
-    })
-}
-
-/// Sends the request (head, then body as it comes) while relaying the response.
-async fn forward(
-    client: &mut TcpStream,
-    inbound: &mut BytesMut,
-    backend: &mut Backend,
-    request: &http1::Request,
-    shutdown: &CancellationToken,
-) -> Result<Outcome, Failure> {
-    let (mut client_read, mut client_write) = (&*client, &*client);
-    let (mut backend_read, mut backend_write) = (&backend.stream, &backend.stream);
-    let download = relay_response(
-        &mut backend_read,
-        &mut backend.buffer,
-        &mut client_write,
-        request,
-        shutdown,
-    );
-    if request.body == Body::Empty {
-        backend_write
-            .send(&request.forward)
-            .await
-            .map_err(Failure::BeforeResponse)?;
-        return download.await;
-    }
-    let upload = copy_body(
-        &mut client_read,
-        inbound,
-        &mut backend_write,
-        request.body,
-        false,
-        request.forward.clone(),
-    );
-    tokio::pin!(upload, download);
-    let mut uploaded = false;
-    let outcome = loop {
-        tokio::select! {
-            sent = &mut upload, if !uploaded => match sent {
-                Ok(()) => uploaded = true,
-                Err(CopyError::Framing(reason)) => return Err(Failure::BadRequest(reason)),
-                Err(CopyError::Eof | CopyError::Read) => return Err(Failure::Broken),
-                // The backend stopped reading: its answer (413, say) may still come.
-                Err(CopyError::Write) => break download.await?.unfinished(),
-            },
-            relayed = &mut download => {
-                let outcome = relayed?;
-                break if uploaded { outcome } else { outcome.unfinished() };
-            }
-        }
-    };
-    Ok(outcome)
-}
-
-impl Outcome {
-    /// The request body was not all sent: neither connection can carry another exchange.
-    fn unfinished(self) -> Self {
-        Self {
-            client_keep_alive: false,
-            backend_keep_alive: false,
-            upgraded: self.upgraded,
-        }
-    }
-}
-
-/// Reads the response head (relaying `1xx` interim responses), then relays head and body.
-async fn relay_response<R: Source, W: Sink>(
-    read: &mut R,
-    buffer: &mut BytesMut,
-    write: &mut W,
-    request: &http1::Request,
-    shutdown: &CancellationToken,
-) -> Result<Outcome, Failure> {
-    let mut interim = false;
-    loop {
-        let response = loop {
-            if !buffer.is_empty() {
-                match http1::response(buffer, request, shutdown.is_cancelled()) {
-                    Ok(response) => break response,
-                    Err(Refusal::Incomplete) => {}
-                    Err(Refusal::TooLarge) => {
-                        return Err(Failure::BadResponse("response head too large"));
-                    }
-                    Err(Refusal::Bad(reason) | Refusal::NotImplemented(reason)) => {
-                        return Err(Failure::BadResponse(reason));
-                    }
-                }
-            }
-            match tokio::time::timeout(RESPONSE_TIMEOUT, read.read_some(buffer)).await {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Ok(0)) if buffer.is_empty() && !interim => {
-                    return Err(Failure::BeforeResponse(io::ErrorKind::UnexpectedEof.into()));
-                }
-                Ok(Ok(0)) => return Err(Failure::BadResponse("closed in the response head")),
-                Ok(Err(error)) if buffer.is_empty() && !interim => {
-                    return Err(Failure::BeforeResponse(error));
-                }
-                Ok(Err(_)) => return Err(Failure::BadResponse("failed in the response head")),
-                Ok(Ok(_)) => {}
-            }
-        };
-        buffer.advance(response.head_len);
-        if response.status == 101 {
-            // The protocol switches: what follows the head belongs to the tunnel.
-            let mut out = response.forward;
-            out.extend_from_slice(buffer);
-            buffer.clear();
-            write.send(&out).await.map_err(|_| Failure::Broken)?;
-            return Ok(Outcome {
-                client_keep_alive: false,
-                backend_keep_alive: false,
-                upgraded: true,
-            });
-        }
-        if response.status < 200 {
-            interim = true;
-            if !request.http10 {
-                write
-                    .send(&response.forward)
-                    .await
-                    .map_err(|_| Failure::Broken)?;
-            }
-            continue;
-        }
-        copy_body(
-            read,
-            buffer,
-            write,
-            response.body,
-            response.dechunk,
-            response.forward,
-        )
-        .await
-        .map_err(|_| Failure::Broken)?;
-        return Ok(Outcome {
-            client_keep_alive: response.client_keep_alive,
-            // Bytes after the body were not asked for: that connection is not reused.
-            backend_keep_alive: response.backend_keep_alive && buffer.is_empty(),
-            upgraded: false,
-        });
-    }
-}
-
-/// Why a body could not be copied.
-enum CopyError {
-    /// The sender closed before the body ended.
-    Eof,
-    /// Reading from the sender failed.
-    Read,
-    /// Writing to the receiver failed.
-    Write,
-    /// The body is not valid chunked coding.
-    Framing(&'static str),
-}
-
-/// Writes `out` (a head) and then the body framed by `body`, taken first from `buffer` and
-/// then from `read`. Small pieces go out with the head in one write. With `dechunk`, only
-/// the chunk data is written (to an HTTP/1.0 client, which reads until the connection
-/// closes).
-async fn copy_body<R: Source, W: Sink>(
-    read: &mut R,
-    buffer: &mut BytesMut,
-    write: &mut W,
-    body: Body,
-    dechunk: bool,
-    mut out: Vec<u8>,
-) -> Result<(), CopyError> {
-    let mut left = match body {
-        Body::Length(n) => n,
-        _ => 0,
-    };
-    let mut decoder = http1::Chunked::default();
-    loop {
-        let done = match body {
-            Body::Empty => true,
-            Body::Length(_) => {
-                let take = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(buffer.len());
-                if take > 0 {
-                    if out.len() + take <= COALESCE {
-                        out.extend_from_slice(&buffer[..take]);
-                    } else {
-                        flush(write, &mut out).await?;
-                        write
-                            .send(&buffer[..take])
-                            .await
-                            .map_err(|_| CopyError::Write)?;
-                    }
-                    buffer.advance(take);
-                    left -= take as u64;
-                }
-                left == 0
-            }
-            Body::Chunked => {
-                if !buffer.is_empty() {
-                    let used = if dechunk {
-                        decoder.advance(buffer, Some(&mut out))
-                    } else {
-                        decoder.advance(buffer, None)
-                    }
-                    .map_err(CopyError::Framing)?;
-                    if !dechunk {
-                        if out.len() + used <= COALESCE {
-                            out.extend_from_slice(&buffer[..used]);
-                        } else {
-                            flush(write, &mut out).await?;
-                            write
-                                .send(&buffer[..used])
-                                .await
-                                .map_err(|_| CopyError::Write)?;
-                        }
-                    }
-                    buffer.advance(used);
-                }
-                decoder.done()
-            }
-            Body::UntilClose => {
-                if out.len() + buffer.len() <= COALESCE {
-                    out.extend_from_slice(buffer);
-                } else {
-                    flush(write, &mut out).await?;
-                    write.send(buffer).await.map_err(|_| CopyError::Write)?;
-                }
-                buffer.clear();
-                false
-            }
-        };
-        flush(write, &mut out).await?;
-        if done {
-            return Ok(());
-        }
-        match read.read_some(buffer).await {
-            Ok(0) if body == Body::UntilClose => return Ok(()),
-            Ok(0) => return Err(CopyError::Eof),
-            Ok(_) => {}
-            Err(_) => return Err(CopyError::Read),
-        }
-    }
-}
-
-async fn flush<W: Sink>(write: &mut W, out: &mut Vec<u8>) -> Result<(), CopyError> {
-    if !out.is_empty() {
-        write.send(out).await.map_err(|_| CopyError::Write)?;
-        out.clear();
-    }
-    Ok(())
-}
-
-/// After `101 Switching Protocols`: bytes both ways until either side closes or the router
-/// shuts down.
-async fn tunnel(
-    client: &mut TcpStream,
-    inbound: &mut BytesMut,
-    mut backend: Backend,
-    shutdown: &CancellationToken,
-) {
-    if !inbound.is_empty() {
-        if backend.stream.write_all(inbound).await.is_err() {
-            return;
-        }
-        inbound.clear();
-    }
-    tokio::select! {
-        result = tokio::io::copy_bidirectional(client, &mut backend.stream) => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "upgraded connection ended");
-            }
-        }
-        () = shutdown.cancelled() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reader that hands out its bytes in pieces of `step`.
-    struct Trickle(Vec<u8>, usize);
-
-    impl Source for Trickle {
-        async fn read_some(&mut self, buffer: &mut BytesMut) -> io::Result<usize> {
-            let n = self.1.min(self.0.len());
-            buffer.extend(self.0.drain(..n));
-            Ok(n)
-        }
+        connections.close();
+        connections.wait().await;
     }
 
-    impl Sink for Vec<u8> {
-        async fn send(&mut self, data: &[u8]) -> io::Result<()> {
-            self.extend_from_slice(data);
-            Ok(())
-        }
-    }
-
-    async fn copy(
-        input: &[u8],
-        body: Body,
-        dechunk: bool,
-    ) -> (Result<(), CopyError>, Vec<u8>, Vec<u8>) {
-        let mut read = Trickle(input[3.min(input.len())..].to_vec(), 7);
-        let mut buffer = BytesMut::from(&input[..3.min(input.len())]);
-        let mut written = Vec::new();
-        let result = copy_body(
-            &mut read,
-            &mut buffer,
-            &mut written,
-            body,
-            dechunk,
-            b"HEAD|".to_vec(),
-        )
-        .await;
-        let rest = buffer.to_vec();
-        (result, written, [rest, read.0].concat())
-    }
-
-    #[tokio::test]
-    async fn bodies_are_copied_to_their_end_and_no_further() {
-        let (result, written, rest) = copy(b"hello worldNEXT", Body::Length(11), false).await;
-        assert!(result.is_ok());
-        assert_eq!(written, b"HEAD|hello world");
-        assert_eq!(rest, b"NEXT");
-
-        let chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT";
-        let (result, written, rest) = copy(chunked, Body::Chunked, false).await;
-        assert!(result.is_ok());
-        assert_eq!(
-            written,
-            [&b"HEAD|"[..], &chunked[..chunked.len() - 4]].concat()
+    /// One client connection, request after request.
+    fn serve(
+        &self,
+        server: hyper::server::conn::http1::Builder,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let phase = Arc::new(io::Phase::default());
+        let socket = io::Timed::new(stream, phase.clone(), self.limits.clone());
+        let proxy = proxy::Proxy::new(
+            peer.ip(),
+            CachedRoutes::new(self.table.clone()),
+            phase,
+            self.limits.clone(),
+            self.shutdown.clone(),
         );
-        assert_eq!(rest, b"NEXT");
-
-        let (result, written, _) = copy(chunked, Body::Chunked, true).await;
-        assert!(result.is_ok());
-        assert_eq!(written, b"HEAD|hello world");
-
-        let (result, written, _) = copy(b"all of it", Body::UntilClose, false).await;
-        assert!(result.is_ok());
-        assert_eq!(written, b"HEAD|all of it");
-
-        let (result, _, _) = copy(b"short", Body::Length(11), false).await;
-        assert!(matches!(result, Err(CopyError::Eof)));
-        let (result, _, _) = copy(b"5\r\nhelloXX", Body::Chunked, false).await;
-        assert!(matches!(result, Err(CopyError::Framing(_))));
+        let shutdown = self.shutdown.clone();
+        async move {
+            let connection = server
+                .serve_connection(TokioIo::new(socket), proxy)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%peer, %error, "client connection ended");
+            }
+            drop(admitted);
+        }
     }
 }
