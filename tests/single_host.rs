@@ -194,6 +194,38 @@ fn a_push_is_served_before_git_push_returns_and_branches_get_previews() {
         || host.containers().len() == 1,
     );
     assert_eq!(host.get("nobody").0, 404, "unknown host");
+
+    // A body limit of the webspace's own: the router answers 413, the app never sees it.
+    let limited = webspace_yaml(&host.name, "alice").replace(
+        "  customer: alice\n",
+        "  customer: alice\n  maxRequestBody: \"8\"\n",
+    );
+    apply_ok(&host.scratch.data(), &limited);
+    let port = host.server().http_port.expect("router");
+    let post = |body: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("router");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {}.localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            host.name,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("request");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    };
+    wait_for("the webspace's body limit", Duration::from_secs(20), || {
+        post("123456789").starts_with("HTTP/1.1 413 ")
+    });
+    assert!(
+        post("123456789").contains("larger than this app accepts (8 bytes)"),
+        "the 413 says why"
+    );
+    assert!(
+        !post("12345678").starts_with("HTTP/1.1 413 "),
+        "a body at the limit passes"
+    );
     let table = Command::new(SLIPWAY)
         .args(["get", "ws", &host.name, "--data"])
         .arg(host.scratch.data())

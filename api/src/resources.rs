@@ -37,6 +37,24 @@ pub const BRANCH_PATTERN: &str = concat!(
 pub const NOT_BLANK_PATTERN: &str =
     r"[^\t-\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]";
 
+/// A size as nginx's `client_max_body_size` takes it: bytes, or a number with `k`, `m` or `g`
+/// (powers of 1024), as [`parse_size`] reads it.
+pub const SIZE_PATTERN: &str = r"^[0-9]{1,12}[kKmMgG]?$";
+
+/// Bytes in a size written as [`SIZE_PATTERN`] says: `512k`, `50m`, `2g`, `1048576`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let (digits, unit) = match text.as_bytes().last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 1 << 20),
+        b'g' | b'G' => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
 /// A customer: who may push, identified only by their SSH keys.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -123,6 +141,20 @@ pub struct WebspaceSpec {
     /// Whether non-production branches get preview hosts. Default true.
     #[serde(default = "default_previews")]
     pub previews: bool,
+    /// The largest request body the app gets, as nginx's `client_max_body_size`: `512k`,
+    /// `50m`, `2g` or bytes. Larger requests get 413 from the router. Default: the router's
+    /// (`slipway up --router-max-body`, 1g); on Kubernetes the ingress controller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub max_request_body: Option<String>,
+}
+
+impl WebspaceSpec {
+    /// `maxRequestBody` in bytes; `None` when it is not set (or not valid, which
+    /// [`Validate`] refuses).
+    pub fn max_request_body_bytes(&self) -> Option<u64> {
+        self.max_request_body.as_deref().and_then(parse_size)
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -399,6 +431,17 @@ impl Validate for Webspace {
                 reason: format!("`{}` is not a valid branch name", branch.escape_default()),
             });
         }
+        if let Some(size) = &self.spec.max_request_body
+            && parse_size(size).is_none()
+        {
+            return Err(ValidationError::Field {
+                field: "spec.maxRequestBody",
+                reason: format!(
+                    "`{}` is not a size: bytes, or a number with k, m or g (50m)",
+                    size.escape_default()
+                ),
+            });
+        }
         for domain in &self.spec.domains {
             names::validate_domain(domain).map_err(|source| ValidationError::Name {
                 field: "spec.domains",
@@ -446,6 +489,40 @@ impl Validate for Release {
 mod tests {
     use super::*;
     use kube::CustomResourceExt;
+
+    #[test]
+    fn sizes_read_as_nginx_reads_them_and_nonsense_is_refused() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("50M"), Some(50 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        for bad in [
+            "",
+            "m",
+            "-1",
+            "1.5m",
+            "1t",
+            " 1m",
+            "1m ",
+            "0x10",
+            "9999999999999",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        let regex = regex::Regex::new(SIZE_PATTERN).expect("pattern");
+        for good in ["1048576", "512k", "50M", "2g"] {
+            assert!(regex.is_match(good), "{good}");
+        }
+        let mut webspace: Webspace = serde_yaml::from_str(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata: {name: blog}\nspec: {customer: alice, maxRequestBody: 50m}\n",
+        )
+        .expect("YAML");
+        assert_eq!(webspace.spec.max_request_body_bytes(), Some(50 << 20));
+        webspace.validate().expect("valid");
+        webspace.spec.max_request_body = Some("lots".into());
+        let error = webspace.validate().expect_err("refused").to_string();
+        assert!(error.contains("spec.maxRequestBody"), "{error}");
+    }
 
     fn customer(yaml: &str) -> Customer {
         serde_yaml::from_str(yaml).expect("test YAML parses")

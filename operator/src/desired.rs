@@ -40,6 +40,8 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
     /// Hosts routed to it; empty for a preview when previews are off.
     pub hosts: Vec<String>,
+    /// The largest request body it takes (`spec.maxRequestBody`); `None`: the router's default.
+    pub max_body: Option<u64>,
 }
 
 /// The newest of `releases` per (webspace, branch), by [`Release::order`].
@@ -123,6 +125,7 @@ pub fn desired(
             replicas: webspace.spec.replicas,
             env,
             hosts: hosts.for_branch(webspace, branch),
+            max_body: webspace.spec.max_request_body_bytes(),
         })
     })
     .collect()

@@ -218,6 +218,10 @@ struct Routing {
 impl Routing {
     /// Routes `deployment`'s hosts to `target`.
     fn route(&mut self, deployment: &Deployment, target: &Target) {
+        let target = Target {
+            max_body: deployment.max_body,
+            ..target.clone()
+        };
         for host in &deployment.hosts {
             self.routes.insert(host.clone(), target.clone());
             self.routed.insert(

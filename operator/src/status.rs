@@ -189,6 +189,7 @@ mod tests {
             replicas: 1,
             env: Default::default(),
             hosts: vec!["blog.localhost".into()],
+            max_body: None,
         }
     }
 

@@ -50,6 +50,7 @@ impl Fixture {
                 ("APP".to_owned(), app.to_owned()),
             ]),
             hosts: vec!["netns.localhost".to_owned()],
+            max_body: None,
         }
     }
 }

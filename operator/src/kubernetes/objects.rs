@@ -512,9 +512,18 @@ pub fn ingress(
             }),
         })
         .collect();
-    let annotations = settings.cluster_issuer.as_ref().map(|issuer| {
-        BTreeMap::from([("cert-manager.io/cluster-issuer".to_owned(), issuer.clone())])
-    });
+    let mut annotations = BTreeMap::new();
+    if let Some(issuer) = &settings.cluster_issuer {
+        annotations.insert("cert-manager.io/cluster-issuer".to_owned(), issuer.clone());
+    }
+    // ingress-nginx's name for `spec.maxRequestBody` (the same syntax).
+    if let Some(size) = &webspace.spec.max_request_body {
+        annotations.insert(
+            "nginx.ingress.kubernetes.io/proxy-body-size".to_owned(),
+            size.clone(),
+        );
+    }
+    let annotations = (!annotations.is_empty()).then_some(annotations);
     let tls = settings.cluster_issuer.as_ref().map(|_| {
         vec![IngressTLS {
             hosts: Some(wanted.hosts.clone()),
@@ -726,6 +735,7 @@ pub(crate) mod tests {
                 replicas: 1,
                 env: Default::default(),
                 hosts: vec![],
+                max_body: None,
             })
         };
         assert_ne!(named("shop", "api-main"), named("shop-api", "main"));

@@ -41,6 +41,7 @@ fn named(label: &str) -> String {
         replicas: 1,
         env: Default::default(),
         hosts: vec![],
+        max_body: None,
     })
 }
 
