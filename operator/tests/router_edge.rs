@@ -147,7 +147,8 @@ async fn record(mut stream: TcpStream, record: Shared) {
         let body = match (lengths.as_slice(), codings.as_slice()) {
             ([], []) => Some(Vec::new()),
             ([length], []) => match length.parse::<usize>() {
-                Ok(length) if length.to_string() == *length.to_string() => {
+                Ok(parsed) if parsed.to_string() == *length => {
+                    let length = parsed;
                     while pending.len() < length {
                         let mut chunk = [0u8; 65536];
                         match stream.read(&mut chunk).await {
@@ -426,6 +427,43 @@ async fn smuggling_by_framing_never_makes_two_backend_requests() {
                 request.header("content-length").len() + request.header("transfer-encoding").len();
             assert!(framing <= 1, "{name}: {request:?}");
         }
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_but_unambiguous_framing_reaches_the_app_only_in_canonical_form() {
+    let (address, shared, shutdown) = edge(Limits::default()).await;
+    // Each is one request with the body `abcd`, or a refusal. The app must get the body framed
+    // the one way every parser reads alike: the recorder refuses anything else (a listed or
+    // padded length, a coding list, an extension, a trailer).
+    let cases = [
+        "Transfer-Encoding: ,chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        "Transfer-Encoding: identity, chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        "Transfer-Encoding: Chunked \r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n4;name=value\r\nabcd\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n4 x\r\nabcd\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nX-Trailer: evil\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nnot a trailer\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n0004\r\nabcd\r\n0\r\n\r\n",
+        "Content-Length: 4, 4\r\n\r\nabcd",
+        "Content-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+        "Content-Length: 04\r\n\r\nabcd",
+        "Content-Length:  4 \r\n\r\nabcd",
+    ];
+    for case in cases {
+        let before = shared.lock().expect("record").requests.len();
+        let request = format!("POST /a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n{case}");
+        let answer = send(address, request.as_bytes()).await;
+        let (requests, violations) = recorded(&shared).await;
+        let new = &requests[before..];
+        assert!(violations.is_empty(), "{case:?}: {violations:?}");
+        let codes = statuses(&answer);
+        assert!(
+            codes == [200] && new.len() == 1 && new[0].body == b"abcd"
+                || codes == [400] && new.is_empty(),
+            "{case:?}: {codes:?}, the app got {new:?}"
+        );
     }
     shutdown.cancel();
 }
