@@ -79,6 +79,17 @@ struct ServerArgs {
     /// Address for `/healthz`, `/readyz` and `/metrics` (off when unset).
     #[arg(long, env = env::PROBE_LISTEN)]
     probe_listen: Option<SocketAddr>,
+    /// SSH connections served at once, from all addresses (the reasons for the defaults:
+    /// `slipway_git_server::admission`).
+    #[arg(long, env = env::SSH_MAX_CONNECTIONS, default_value_t = slipway_git_server::admission::MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    ssh_max_connections: usize,
+    /// SSH connections served at once from one source address (IPv6: one /64).
+    #[arg(long, env = env::SSH_MAX_CONNECTIONS_PER_ADDRESS, default_value_t = slipway_git_server::admission::MAX_CONNECTIONS_PER_ADDRESS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    ssh_max_connections_per_address: usize,
+    /// SSH connections from one source address that have not authenticated yet; more are
+    /// closed at once, so a flood from one address never locks out another.
+    #[arg(long, env = env::SSH_MAX_UNAUTHENTICATED_PER_ADDRESS, default_value_t = slipway_git_server::admission::MAX_UNAUTHENTICATED_PER_ADDRESS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    ssh_max_unauthenticated_per_address: usize,
 }
 
 /// `--store`'s values.
@@ -451,6 +462,11 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         environment,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         push_wait: Duration::from_secs(args.push_wait),
+        admission: slipway_git_server::admission::Limits {
+            connections: args.ssh_max_connections,
+            connections_per_address: args.ssh_max_connections_per_address,
+            unauthenticated_per_address: args.ssh_max_unauthenticated_per_address,
+        },
         metrics: std::sync::Arc::new(slipway_git_server::metrics::Metrics::default()),
     };
     if let Some(probe_listen) = args.probe_listen {

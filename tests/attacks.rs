@@ -562,3 +562,86 @@ fn a_repository_symlinked_to_another_webspaces_is_refused_for_clone_and_push() {
     assert_eq!(snapshot(&target), before, "bob's repository changed");
     assert_fsck(&target);
 }
+
+/// Connections opened at once by [`half_open`]. A burst of hundreds of SYNs makes the kernel
+/// answer with SYN cookies, and a cookie connection whose last ACK is dropped exists only on
+/// the client's side: it would wait for a server that never saw it.
+const CONNECT_BATCH: usize = 50;
+
+/// Opens `count` TCP connections to `port` from `source` that never say a word, and sorts them
+/// by what the server did: sent its SSH version (held open, returned) or closed at once. The
+/// held ones stay open while the next are opened.
+fn half_open(source: &str, port: u16, count: usize) -> (Vec<tokio::net::TcpStream>, usize) {
+    use tokio::io::AsyncReadExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let source: std::net::SocketAddr = format!("{source}:0").parse().expect("address");
+    runtime.block_on(async move {
+        let mut held = vec![];
+        let mut closed = 0;
+        for batch in (0..count).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
+            let mut connecting = tokio::task::JoinSet::new();
+            for _ in batch {
+                connecting.spawn(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                    socket.bind(source).expect("bind the source address");
+                    let mut stream = socket
+                        .connect(([127, 0, 0, 1], port).into())
+                        .await
+                        .expect("connect");
+                    let mut banner = [0u8; 8];
+                    // A guard against a hang, not a timing assertion.
+                    let read = tokio::time::timeout(Duration::from_secs(60), async {
+                        stream.read_exact(&mut banner).await
+                    })
+                    .await
+                    .expect("the server answers or closes");
+                    match read {
+                        Ok(_) => {
+                            assert_eq!(&banner, b"SSH-2.0-");
+                            Some(stream)
+                        }
+                        Err(_) => None,
+                    }
+                });
+            }
+            while let Some(result) = connecting.join_next().await {
+                match result.expect("joined") {
+                    Some(stream) => held.push(stream),
+                    None => closed += 1,
+                }
+            }
+        }
+        (held, closed)
+    })
+}
+
+#[test]
+fn half_open_connections_from_one_address_do_not_lock_out_another() {
+    let world = World::new();
+    let (held, closed) = half_open("127.0.0.2", world.server.port, 500);
+
+    // While the flood's connections are held open, a client from another address pushes.
+    let app = world.scratch.path("app");
+    work_tree(&world.alice, &app, &[("a", "1")]);
+    let push = world
+        .alice
+        .git_command(&app, &["push", &world.server.url("blog.git"), "main"])
+        .env(
+            "GIT_SSH_COMMAND",
+            format!("{} -o BindAddress=127.0.0.3", world.alice.ssh_command()),
+        )
+        .output()
+        .expect("git push");
+    assert_ok(&push);
+    assert!(
+        world.server.log().contains("peer=127.0.0.3:"),
+        "the push came from 127.0.0.3"
+    );
+    let cap = slipway_git_server::admission::MAX_UNAUTHENTICATED_PER_ADDRESS;
+    assert_eq!(held.len(), cap, "the flooding address keeps only its share");
+    assert_eq!(closed, 500 - cap);
+    drop(held);
+}

@@ -20,6 +20,12 @@ pub const DOMAIN: &str = "SLIPWAY_DOMAIN";
 pub const REGISTRY: &str = "SLIPWAY_REGISTRY";
 /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,slipway_git_server=debug`.
 pub const LOG: &str = "SLIPWAY_LOG";
+/// SSH connections the git server serves at once, from all addresses.
+pub const SSH_MAX_CONNECTIONS: &str = "SLIPWAY_SSH_MAX_CONNECTIONS";
+/// SSH connections the git server serves at once from one source address.
+pub const SSH_MAX_CONNECTIONS_PER_ADDRESS: &str = "SLIPWAY_SSH_MAX_CONNECTIONS_PER_ADDRESS";
+/// SSH connections not yet authenticated that one source address may hold.
+pub const SSH_MAX_UNAUTHENTICATED_PER_ADDRESS: &str = "SLIPWAY_SSH_MAX_UNAUTHENTICATED_PER_ADDRESS";
 
 /// Hook contract: the webspace being pushed to (a validated DNS label).
 pub const WEBSPACE: &str = "SLIPWAY_WEBSPACE";

@@ -2,6 +2,7 @@
 //! against `Webspace.spec.customer`, bare repositories, and `git receive-pack` /
 //! `git upload-pack` piped over SSH channels.
 
+pub mod admission;
 pub mod command;
 pub mod host_key;
 pub mod keys;
@@ -38,6 +39,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a push waits for an earlier push to the same webspace.
     pub push_wait: Duration,
+    /// Connection caps, global and per source address.
+    pub admission: admission::Limits,
     /// Counters for `/metrics`.
     pub metrics: std::sync::Arc<metrics::Metrics>,
 }

@@ -1,5 +1,5 @@
 //! What the git server counts for Prometheus' `/metrics`: git sessions per service, those
-//! that failed, their time, and refused logins.
+//! that failed, their time, refused logins, and connections closed by admission caps.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,7 @@ pub struct Metrics {
     receive: PerService,
     upload: PerService,
     refused_logins: AtomicU64,
+    refused_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -40,6 +41,11 @@ impl Metrics {
     /// Records a key that identified nobody.
     pub fn refused_login(&self) {
         self.refused_logins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a connection closed at once by an admission cap.
+    pub fn refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -84,6 +90,11 @@ impl Metrics {
             out,
             "# HELP slipway_ssh_refused_logins_total Public keys that identified no customer.\n# TYPE slipway_ssh_refused_logins_total counter\nslipway_ssh_refused_logins_total {refused}"
         );
+        let refused = self.refused_connections.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP slipway_ssh_refused_connections_total Connections closed at once by a connection cap (global or per source address).\n# TYPE slipway_ssh_refused_connections_total counter\nslipway_ssh_refused_connections_total {refused}"
+        );
         out
     }
 }
@@ -99,6 +110,7 @@ mod tests {
         metrics.session(Service::ReceivePack, Duration::from_secs(1), false);
         metrics.session(Service::UploadPack, Duration::from_millis(250), true);
         metrics.refused_login();
+        metrics.refused_connection();
         let text = metrics.render();
         assert!(
             text.contains("slipway_git_sessions_total{service=\"receive-pack\"} 2\n"),
@@ -109,5 +121,6 @@ mod tests {
             text.contains("slipway_git_session_seconds_sum{service=\"upload-pack\"} 0.250000\n")
         );
         assert!(text.contains("slipway_ssh_refused_logins_total 1\n"));
+        assert!(text.contains("slipway_ssh_refused_connections_total 1\n"));
     }
 }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use russh::keys::HashAlg;
@@ -15,25 +14,22 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
 use slipway_api::{Webspace, env};
 use slipway_store::Store;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::{Admission, Ticket};
 use crate::command::{self, GitCommand, Service};
 use crate::keys::{KeyIndex, Owner};
 use crate::lock::PushLocks;
 use crate::plumbing::{self, Ending, Invocation};
 use crate::{Config, host_key, repository};
 
-/// Most connections served at once. Each may hold a git process and a build, so the cap keeps
-/// a flood of connections from exhausting processes and memory; 256 is far above the
-/// concurrent pushes a single host builds.
-pub const MAX_CONNECTIONS: usize = 256;
 /// Channels one connection may open. git uses one; OpenSSH connection sharing a few more.
 pub const MAX_CHANNELS_PER_CONNECTION: usize = 8;
 /// Time a client has to authenticate. Long enough for a human to unlock a key in an agent
-/// prompt, short enough that idle unauthenticated sockets cannot pile up (OpenSSH: 120 s).
+/// prompt, short enough that idle unauthenticated sockets cannot pile up (OpenSSH: 120 s);
+/// how many may wait at once is capped per source address (see [`crate::admission`]).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Keepalive probe interval: a build can be silent for minutes, and NAT boxes and proxies drop
 /// idle TCP flows after a few minutes; a probe every 30 s keeps them open and detects dead
@@ -113,7 +109,8 @@ pub async fn run<S: Store>(
     });
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(shared.config.admission);
+    let mut refusals = RefusalLog::default();
     loop {
         let (socket, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -127,9 +124,15 @@ pub async fn run<S: Store>(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; dropping connection");
-            continue;
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                // Closed before a byte is read: a flood costs an accept and a close.
+                drop(socket);
+                shared.config.metrics.refused_connection();
+                refusals.refused(peer, refusal);
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("connection", %peer, customer = tracing::field::Empty);
@@ -140,9 +143,9 @@ pub async fn run<S: Store>(
                 ssh_config.clone(),
                 shared.clone(),
                 closing.clone(),
+                Arc::new(ticket),
             )
-            .instrument(span)
-            .inspect_drop(slot),
+            .instrument(span),
         );
     }
     drop(listener);
@@ -170,15 +173,34 @@ pub async fn run<S: Store>(
     Ok(Drain { finished })
 }
 
-trait InspectDrop: Sized {
-    /// Keeps `value` alive until the future completes or is dropped.
-    fn inspect_drop<T: Send + 'static>(self, value: T) -> impl Future<Output = ()> + Send;
+/// Logs connections refused by admission without letting a flood flood the log: at most one
+/// line per [`REFUSAL_LOG_INTERVAL`], saying how many were refused since the last.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
 }
 
-impl<F: Future<Output = ()> + Send> InspectDrop for F {
-    async fn inspect_drop<T: Send + 'static>(self, value: T) {
-        self.await;
-        drop(value);
+/// Least time between two log lines about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn refused(&mut self, peer: SocketAddr, refusal: crate::admission::Refusal) {
+        self.unlogged += 1;
+        if self
+            .last
+            .is_some_and(|last| last.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            reason = refusal.as_str(),
+            refused = self.unlogged,
+            "closed connections at once (count since the last such line)"
+        );
+        self.last = Some(tokio::time::Instant::now());
+        self.unlogged = 0;
     }
 }
 
@@ -213,8 +235,8 @@ async fn serve<S: Store>(
     config: Arc<russh::server::Config>,
     shared: Arc<Shared<S>>,
     closing: CancellationToken,
+    ticket: Arc<Ticket>,
 ) {
-    let authenticated = Arc::new(AtomicBool::new(false));
     let gone = shared.kill.child_token();
     let connection = Connection {
         shared,
@@ -224,7 +246,7 @@ async fn serve<S: Store>(
         opened: 0,
         gone: gone.clone(),
         _gone_on_drop: gone.drop_guard(),
-        authenticated: authenticated.clone(),
+        ticket: ticket.clone(),
     };
     let deadline = tokio::time::sleep(LOGIN_GRACE);
     tokio::pin!(deadline);
@@ -252,7 +274,7 @@ async fn serve<S: Store>(
             }
             () = &mut deadline, if deadline_armed => {
                 deadline_armed = false;
-                if !authenticated.load(Ordering::Acquire) {
+                if !ticket.is_authenticated() {
                     tracing::info!("not authenticated within the login grace time");
                     let _ = handle
                         .disconnect(russh::Disconnect::ByApplication, "login grace time over".into(), "en".into())
@@ -292,7 +314,8 @@ struct Connection<S> {
     opened: usize,
     gone: CancellationToken,
     _gone_on_drop: DropGuard,
-    authenticated: Arc<AtomicBool>,
+    /// This connection's admission slots; freed when the connection ends.
+    ticket: Arc<Ticket>,
 }
 
 /// Writes `message` (and `hint`) to the channel's stderr, exits 1 and closes the channel.
@@ -367,7 +390,7 @@ impl<S: Store> Handler for Connection<S> {
             customer,
             fingerprint,
         });
-        self.authenticated.store(true, Ordering::Release);
+        self.ticket.authenticated();
         Ok(Auth::Accept)
     }
 
