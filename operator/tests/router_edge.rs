@@ -858,3 +858,56 @@ async fn slow_clients_are_released_within_their_limits() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_responses_never_desync_the_client_connection() {
+    // The app answers `GET /1` with `answer` and `GET /2` with `second`. Whatever the first
+    // answer's framing, the client's next request on the same connection must get its own
+    // answer, not bytes left over from the first.
+    let answers: [&'static [u8]; 6] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nfirst!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nfirst",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nfirst\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected",
+        b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nfirst",
+    ];
+    for answer in answers {
+        let (app, _) = raw_backend(move |mut stream| async move {
+            let mut pending = Vec::new();
+            loop {
+                let head = read_head(&mut stream, &mut pending).await;
+                let reply: &[u8] = if head.starts_with("GET /1 ") {
+                    answer
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
+                };
+                if stream.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let (address, _table, shutdown) =
+            router(Routes::from([(HOST.to_owned(), app.into())])).await;
+        let all = send(
+            address,
+            format!(
+                "GET /1 HTTP/1.1\r\nHost: {HOST}\r\n\r\nGET /2 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let what = String::from_utf8_lossy(answer);
+        assert!(!all.contains("injected"), "{what:?} → {all}");
+        let codes = statuses(&all);
+        // The first is relayed cleanly or refused with 502; a refused exchange may close the
+        // connection (then the second never ran), but never answers it with the first's bytes.
+        match codes.as_slice() {
+            [200, 200] | [502, 200] => assert!(all.ends_with("second"), "{what:?} → {all}"),
+            [502] => {}
+            _ => panic!("{what:?} → {codes:?}: {all}"),
+        }
+        shutdown.cancel();
+    }
+}
