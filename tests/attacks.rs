@@ -132,19 +132,55 @@ fn keys_added_and_removed_while_running_count_on_the_next_connection() {
 }
 
 #[test]
-fn a_key_claimed_by_two_customers_is_refused() {
+fn claiming_another_customers_key_is_refused_and_never_locks_its_owner_out() {
     let world = World::new();
-    apply_ok(
+    let claim = apply(
         &world.scratch.data(),
         &customer_yaml("mallory", &[&world.alice.key]),
     );
+    assert!(!claim.status.success(), "the claim was accepted");
+    assert!(
+        stderr(&claim).starts_with(
+            "error: document 1: Customer `mallory`: ssh key #1 is already held by customer `alice`\nhint: "
+        ),
+        "{}",
+        stderr(&claim)
+    );
+    assert!(
+        !world
+            .scratch
+            .data()
+            .join("resources/customers/mallory.yaml")
+            .exists()
+    );
+
+    // Written by hand into the data directory, past `slipway apply`: the key stays alice's.
+    fs::write(
+        world
+            .scratch
+            .data()
+            .join("resources/customers/mallory.yaml"),
+        customer_yaml("mallory", &[&world.alice.key]).trim_end_matches("---\n"),
+    )
+    .expect("hand-written customer");
+    wait_for(
+        "the server to see both claims",
+        Duration::from_secs(10),
+        || {
+            world
+                .server
+                .log()
+                .contains("ssh key listed by several customers")
+        },
+    );
     let app = world.scratch.path("app");
     work_tree(&world.alice, &app, &[("a", "1")]);
-    let push = world
-        .alice
-        .git(&app, &["push", &world.server.url("blog.git"), "main"]);
-    assert!(!push.status.success(), "an ambiguous key identifies nobody");
-    assert!(world.server.log().contains("listed by several customers"));
+    assert_ok(
+        &world
+            .alice
+            .git(&app, &["push", &world.server.url("blog.git"), "main"]),
+    );
+    assert!(world.server.log().contains("customer=alice"));
 }
 
 /// Every request that is not a git service gets a one-line reason, exit status 1, and no

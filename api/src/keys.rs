@@ -17,6 +17,15 @@ pub enum KeyError {
         /// Position in `sshKeys`, from 1.
         index: usize,
     },
+    /// The entry holds a line break or another control character: one entry is one key, and
+    /// a second line could read as a second key wherever the entry is written out.
+    #[error(
+        "ssh key #{index} spans several lines or holds control characters; list one key per entry"
+    )]
+    MultipleLines {
+        /// Position in `sshKeys`, from 1.
+        index: usize,
+    },
     /// The key type is too weak to accept.
     #[error(
         "ssh key #{index} is a weak key ({reason}); use an ed25519 key (`ssh-keygen -t ed25519`)"
@@ -32,9 +41,14 @@ pub enum KeyError {
 /// Parses one `authorized_keys`-style line (without options) and checks it is strong enough.
 ///
 /// # Errors
-/// [`KeyError::Unparsable`] for anything that is not an OpenSSH public key, [`KeyError::Weak`]
+/// [`KeyError::MultipleLines`] for an entry with a line break (or any control character),
+/// [`KeyError::Unparsable`] for anything that is not an OpenSSH public key (options such as
+/// `command=` or `from=` included), [`KeyError::Weak`]
 /// for DSA keys and RSA keys under [`MIN_RSA_BITS`].
 pub fn parse_public_key(line: &str, index: usize) -> Result<PublicKey, KeyError> {
+    if line.trim().chars().any(char::is_control) {
+        return Err(KeyError::MultipleLines { index });
+    }
     let key = PublicKey::from_openssh(line.trim()).map_err(|_| KeyError::Unparsable { index })?;
     match key.algorithm() {
         Algorithm::Dsa => Err(KeyError::Weak {
@@ -103,5 +117,46 @@ mod tests {
             parse_public_key(dsa, 1),
             Err(KeyError::Weak { .. }) | Err(KeyError::Unparsable { .. })
         ));
+    }
+
+    #[test]
+    fn rsa_under_2048_bits_is_weak() {
+        let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC5ztnrXeoh3Pi36UQ+5Qe9ztzVGvWVMBlF+2G98FB5PFyADKGap6kEQsJ/qRd1mqKsavAEnSJ5jPRfPOIejQvFOt+X2bT/21cBzV6Z00aBPPBNNOEcoZHd1P1Y58R443EnSHhaoTe0TQ+9Vbfx5uhP6t42Pwa/LVq5ltkDqvBGgQ== weak";
+        assert!(matches!(
+            parse_public_key(rsa, 2),
+            Err(KeyError::Weak { index: 2, .. })
+        ));
+    }
+
+    /// `authorized_keys` options would give a key powers (or limits) the server never applies,
+    /// and a second line would smuggle in a second key: both are refused, not stripped.
+    #[test]
+    fn options_and_extra_lines_are_refused() {
+        for bad in [
+            format!("command=\"/bin/sh\" {ED25519}"),
+            format!("from=\"10.0.0.1\" {ED25519}"),
+            format!("no-pty,command=\"x\" {ED25519}"),
+        ] {
+            assert_eq!(
+                parse_public_key(&bad, 1),
+                Err(KeyError::Unparsable { index: 1 }),
+                "{bad}"
+            );
+        }
+        for bad in [
+            format!("{ED25519}\n{ED25519}"),
+            format!(
+                "{ED25519}\r\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbw7FysavQjQK45aXPIoWcokMUPd7XpO7cX9Clj01bj b"
+            ),
+            format!("{ED25519}\0"),
+        ] {
+            assert_eq!(
+                parse_public_key(&bad, 1),
+                Err(KeyError::MultipleLines { index: 1 }),
+                "{bad:?}"
+            );
+        }
+        // Surrounding white space, as YAML block scalars leave it, is not a second line.
+        assert!(parse_public_key(&format!("  {ED25519}\n"), 1).is_ok());
     }
 }

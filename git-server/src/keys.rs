@@ -30,18 +30,49 @@ pub const MISS_RELIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Who a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    /// Exactly one customer lists the key.
+    /// The customer that holds the key: the only one that lists it, or the earliest of those
+    /// that do (see [`Claim`]).
     Customer(String),
     /// No customer lists it.
     Unknown,
-    /// More than one customer lists it: refused, since either could otherwise act as the
-    /// other, and logged so an operator can fix the resources.
-    Ambiguous,
+}
+
+/// One customer listing a key. When several do, the earliest claim holds the key: the oldest
+/// Customer by `metadata.creationTimestamp` (a Customer without one counts as the newest),
+/// then the smaller name. So listing someone else's key in one's own Customer never takes it
+/// from its owner; it is refused where Customers are written (`slipway apply`) and ignored
+/// here, with a warning, where it got in anyway (`kubectl apply`, a hand-edited file).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    /// When the Customer was created.
+    created: ClaimTime,
+    customer: String,
+}
+
+/// `metadata.creationTimestamp` as seconds and nanoseconds since the epoch; a Customer
+/// without one sorts after every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ClaimTime {
+    At(i64, i32),
+    Unknown,
+}
+
+impl ClaimTime {
+    fn of(customer: &Customer) -> Self {
+        customer
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Self::Unknown, |time| {
+                Self::At(time.0.as_second(), time.0.subsec_nanosecond())
+            })
+    }
 }
 
 #[derive(Debug, Default)]
 struct Index {
-    by_fingerprint: HashMap<String, Vec<String>>,
+    /// Claims of each key, earliest first.
+    by_fingerprint: HashMap<String, Vec<Claim>>,
     by_customer: HashMap<String, Vec<String>>,
     /// Counts every update, so a listing can tell whether the change feed wrote in between.
     generation: u64,
@@ -50,9 +81,9 @@ struct Index {
 impl Index {
     fn remove_customer(&mut self, customer: &str) {
         for fp in self.by_customer.remove(customer).unwrap_or_default() {
-            if let Some(owners) = self.by_fingerprint.get_mut(&fp) {
-                owners.retain(|c| c != customer);
-                if owners.is_empty() {
+            if let Some(claims) = self.by_fingerprint.get_mut(&fp) {
+                claims.retain(|c| c.customer != customer);
+                if claims.is_empty() {
                     self.by_fingerprint.remove(&fp);
                 }
             }
@@ -73,11 +104,23 @@ impl Index {
         }
         fingerprints.sort();
         fingerprints.dedup();
+        let created = ClaimTime::of(customer);
         for fp in &fingerprints {
-            let owners = self.by_fingerprint.entry(fp.clone()).or_default();
-            owners.push(name.clone());
-            if owners.len() > 1 {
-                tracing::warn!(fingerprint = %fp, customers = ?owners, "ssh key listed by several customers; refusing it");
+            let claims = self.by_fingerprint.entry(fp.clone()).or_default();
+            claims.push(Claim {
+                created,
+                customer: name.clone(),
+            });
+            claims.sort();
+            if let [holder, later @ ..] = claims.as_slice()
+                && !later.is_empty()
+            {
+                tracing::warn!(
+                    fingerprint = %fp,
+                    holder = %holder.customer,
+                    ignored = ?later.iter().map(|c| c.customer.as_str()).collect::<Vec<_>>(),
+                    "ssh key listed by several customers; it identifies the earliest only"
+                );
             }
         }
         self.by_customer.insert(name, fingerprints);
@@ -240,10 +283,13 @@ impl KeyIndex {
     /// The owner of the key with this `SHA256:` fingerprint, as the index knows it now.
     pub fn owner(&self, fingerprint: &str) -> Owner {
         let index = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        match index.by_fingerprint.get(fingerprint).map(Vec::as_slice) {
-            Some([one]) => Owner::Customer(one.clone()),
-            Some([]) | None => Owner::Unknown,
-            Some(_) => Owner::Ambiguous,
+        match index
+            .by_fingerprint
+            .get(fingerprint)
+            .and_then(|c| c.first())
+        {
+            Some(claim) => Owner::Customer(claim.customer.clone()),
+            None => Owner::Unknown,
         }
     }
 }
@@ -276,24 +322,58 @@ mod tests {
         fingerprint(&parse_public_key(line, 1).expect("valid"))
     }
 
+    fn created(mut customer: Customer, at: &str) -> Customer {
+        customer.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at.parse().expect("a time")),
+        );
+        customer
+    }
+
     #[test]
-    fn a_key_claimed_twice_belongs_to_nobody() {
+    fn a_key_claimed_again_stays_with_its_earlier_owner() {
         let mut index = Index::default();
-        index.insert_customer(&customer("alice", &[KEY_A]));
+        index.insert_customer(&created(
+            customer("alice", &[KEY_A]),
+            "2026-01-02T00:00:00Z",
+        ));
         let keys = KeyIndex {
             inner: Arc::new(RwLock::new(index)),
             relist: None,
         };
         assert_eq!(keys.owner(&fp(KEY_A)), Owner::Customer("alice".into()));
+        // aaron's name sorts first, but his Customer is newer: alice keeps the key.
+        keys.inner.write().expect("lock").insert_customer(&created(
+            customer("aaron", &[KEY_A]),
+            "2026-01-03T00:00:00Z",
+        ));
+        assert_eq!(keys.owner(&fp(KEY_A)), Owner::Customer("alice".into()));
+        // No creation time (a hand-written file) counts as the newest.
         keys.inner
             .write()
             .expect("lock")
-            .insert_customer(&customer("mallory", &[KEY_A]));
-        assert_eq!(keys.owner(&fp(KEY_A)), Owner::Ambiguous);
-        keys.inner.write().expect("lock").remove_customer("mallory");
+            .insert_customer(&customer("aardvark", &[KEY_A]));
         assert_eq!(keys.owner(&fp(KEY_A)), Owner::Customer("alice".into()));
         keys.inner.write().expect("lock").remove_customer("alice");
+        assert_eq!(keys.owner(&fp(KEY_A)), Owner::Customer("aaron".into()));
+        keys.inner.write().expect("lock").remove_customer("aaron");
+        keys.inner
+            .write()
+            .expect("lock")
+            .remove_customer("aardvark");
         assert_eq!(keys.owner(&fp(KEY_A)), Owner::Unknown);
+    }
+
+    #[test]
+    fn equal_creation_times_fall_back_to_the_name() {
+        let mut index = Index::default();
+        let at = "2026-01-02T00:00:00Z";
+        index.insert_customer(&created(customer("bob", &[KEY_A]), at));
+        index.insert_customer(&created(customer("alice", &[KEY_A]), at));
+        let keys = KeyIndex {
+            inner: Arc::new(RwLock::new(index)),
+            relist: None,
+        };
+        assert_eq!(keys.owner(&fp(KEY_A)), Owner::Customer("alice".into()));
     }
 
     #[test]

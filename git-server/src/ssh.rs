@@ -337,7 +337,7 @@ impl<S: Store> Connection<S> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         match self.shared.keys.lookup(&fingerprint).await {
             Owner::Customer(customer) => Some(customer),
-            Owner::Unknown | Owner::Ambiguous => {
+            Owner::Unknown => {
                 self.shared.config.metrics.refused_login();
                 tracing::info!(fingerprint = %key.fingerprint(HashAlg::Sha256), "key of no customer offered");
                 None

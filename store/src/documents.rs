@@ -1,6 +1,9 @@
 //! `slipway apply -f`: multi-document YAML in, validated resources stored.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
+use slipway_api::keys::{fingerprint, parse_public_key};
 use slipway_api::{API_VERSION, Customer, Release, Runtime, Webspace};
 
 use crate::{Kind, Store, StoreError};
@@ -112,13 +115,29 @@ pub enum ApplyError {
         #[source]
         source: slipway_api::resources::ValidationError,
     },
+    /// A Customer lists a key another Customer already holds. A key identifies one customer;
+    /// taking it over would lock its owner out.
+    #[error(
+        "document {index}: Customer `{customer}`: ssh key #{key} is already held by customer `{holder}`\nhint: a key identifies one customer; remove it from `{holder}` first, or use another key (`ssh-keygen -t ed25519`)"
+    )]
+    KeyHeld {
+        /// Position in the input, from 1.
+        index: usize,
+        /// The Customer being applied.
+        customer: String,
+        /// Position of the key in its `sshKeys`, from 1.
+        key: usize,
+        /// The Customer that holds the key.
+        holder: String,
+    },
     /// Writing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 enum Document {
-    Customer(Customer),
+    /// With its position in the input.
+    Customer(usize, Customer),
     Webspace(Webspace),
     Runtime(Runtime),
     Release(Release),
@@ -198,11 +217,68 @@ async fn put<S: Store, K: Kind>(store: &S, resource: &K) -> Result<Applied, Appl
     })
 }
 
+/// Refuses a Customer that lists a key another Customer holds: one already stored (and not
+/// replaced by this apply), or one earlier in the same input.
+async fn refuse_held_keys<S: Store>(store: &S, documents: &[Document]) -> Result<(), ApplyError> {
+    let applied: Vec<(usize, &Customer)> = documents
+        .iter()
+        .filter_map(|d| match d {
+            Document::Customer(index, customer) => Some((*index, customer)),
+            _ => None,
+        })
+        .collect();
+    if applied.is_empty() {
+        return Ok(());
+    }
+    let name = |c: &Customer| c.metadata.name.clone().unwrap_or_default();
+    let replaced: Vec<String> = applied.iter().map(|(_, c)| name(c)).collect();
+    let mut holders: HashMap<String, String> = HashMap::new();
+    let stored = store.list::<Customer>().await?;
+    let kept = stored.iter().filter(|c| !replaced.contains(&name(c)));
+    for customer in kept {
+        for key in fingerprints(customer) {
+            holders.entry(key).or_insert_with(|| name(customer));
+        }
+    }
+    for (index, customer) in applied {
+        let this = name(customer);
+        for (position, line) in customer.spec.ssh_keys.iter().enumerate() {
+            let Ok(key) = parse_public_key(line, position + 1) else {
+                continue;
+            };
+            let holder = holders
+                .entry(fingerprint(&key))
+                .or_insert_with(|| this.clone());
+            if *holder != this {
+                return Err(ApplyError::KeyHeld {
+                    index,
+                    customer: this.escape_default().to_string(),
+                    key: position + 1,
+                    holder: holder.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fingerprints of the keys a Customer lists (those that parse).
+fn fingerprints(customer: &Customer) -> Vec<String> {
+    customer
+        .spec
+        .ssh_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(position, line)| parse_public_key(line, position + 1).ok())
+        .map(|key| fingerprint(&key))
+        .collect()
+}
+
 /// Parses every document of `text`, validates all of them, then stores them in order.
 ///
 /// # Errors
-/// The first document that does not parse or validate (then nothing is stored), or a store
-/// failure.
+/// The first document that does not parse or validate, or a Customer listing a key another
+/// Customer holds (then nothing is stored); or a store failure.
 pub async fn apply_documents<S: Store>(store: &S, text: &str) -> Result<Vec<Applied>, ApplyError> {
     let mut documents = Vec::new();
     for (position, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -223,17 +299,18 @@ pub async fn apply_documents<S: Store>(store: &S, text: &str) -> Result<Vec<Appl
             return Err(unknown());
         }
         documents.push(match meta.kind.as_str() {
-            "Customer" => Document::Customer(typed(index, value, "Customer")?),
+            "Customer" => Document::Customer(index, typed(index, value, "Customer")?),
             "Webspace" => Document::Webspace(typed(index, value, "Webspace")?),
             "Runtime" => Document::Runtime(typed(index, value, "Runtime")?),
             "Release" => Document::Release(typed(index, value, "Release")?),
             _ => return Err(unknown()),
         });
     }
+    refuse_held_keys(store, &documents).await?;
     let mut applied = Vec::with_capacity(documents.len());
     for document in &documents {
         applied.push(match document {
-            Document::Customer(r) => put(store, r).await?,
+            Document::Customer(_, r) => put(store, r).await?,
             Document::Webspace(r) => put(store, r).await?,
             Document::Runtime(r) => put(store, r).await?,
             Document::Release(r) => put(store, r).await?,
@@ -300,5 +377,56 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(matches!(err, ApplyError::UnknownKind { .. }), "{err}");
+    }
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbfO2R8HNnKRTcsKxq2EnNjxUIU6+xPO5NZTxPa0Cb6 a";
+
+    fn customer(name: &str, keys: &[&str]) -> String {
+        let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        format!(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata: {{name: {name}}}\nspec: {{email: {name}@example.com, sshKeys: [{}]}}\n---\n",
+            keys.join(", ")
+        )
+    }
+
+    #[tokio::test]
+    async fn a_key_held_by_another_customer_cannot_be_claimed() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = DirectoryStore::open(data.path()).expect("opens");
+        apply_documents(&store, &customer("alice", &[KEY]))
+            .await
+            .expect("applies");
+        let err = apply_documents(&store, &customer("mallory", &[KEY]))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "document 1: Customer `mallory`: ssh key #1 is already held by customer `alice`\nhint: a key identifies one customer; remove it from `alice` first, or use another key (`ssh-keygen -t ed25519`)"
+        );
+        assert!(
+            store
+                .get::<Customer>("mallory")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        // Two claims in one input: the later is refused, and nothing is stored.
+        let both = customer("bob", &[KEY]) + &customer("carol", &[KEY]);
+        let data = tempfile::tempdir().expect("tempdir");
+        let fresh = DirectoryStore::open(data.path()).expect("opens");
+        let err = apply_documents(&fresh, &both).await.expect_err("refused");
+        assert!(matches!(err, ApplyError::KeyHeld { index: 2, .. }), "{err}");
+        assert!(fresh.list::<Customer>().await.expect("list").is_empty());
+        // The owner may re-apply, and may hand the key over in the same apply.
+        apply_documents(&store, &customer("alice", &[KEY]))
+            .await
+            .expect("the owner re-applies");
+        apply_documents(
+            &store,
+            &(customer("alice", &[]) + &customer("mallory", &[KEY])),
+        )
+        .await
+        .expect("handed over");
     }
 }
