@@ -739,3 +739,125 @@ fn builds_beyond_the_global_cap_are_queued() {
         );
     }
 }
+
+#[test]
+fn a_dockerfile_cannot_reach_the_build_host_or_another_webspaces_images() {
+    // Something only the build host can read: a loopback listener that records every request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetched.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nsecret\n");
+        }
+    });
+    let site = Site::new(None);
+    let app = site.app(&[("Dockerfile", DOCKERFILE), ("index.html", "v1\n")]);
+    assert_ok(&site.push(&app, &["main"]));
+    let before = rev_parse(&site.repository(), "refs/heads/main");
+
+    // Another webspace's image on this engine and in the registry.
+    let other = format!("{REGISTRY}/other-{}:v1", std::process::id());
+    assert!(docker(&["tag", BASE_IMAGE, &other]).status.success());
+    // A base image whose ONBUILD trigger would fetch from the build host.
+    let triggered = format!("slipway-test/onbuild-{}:v1", std::process::id());
+    let onbuild_dir = site.world.scratch.path("onbuild");
+    fs::create_dir_all(&onbuild_dir).expect("dir");
+    fs::write(
+        onbuild_dir.join("Dockerfile"),
+        format!("FROM {BASE_IMAGE}\nONBUILD ADD http://127.0.0.1:{port}/secret /secret\n"),
+    )
+    .expect("write");
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &triggered])
+        .arg(&onbuild_dir)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let cases = [
+        (
+            format!("FROM {BASE_IMAGE}\nADD http://127.0.0.1:{port}/secret /secret\n"),
+            "ADD from a URL",
+        ),
+        (
+            format!(
+                "FROM {BASE_IMAGE}\nARG SOURCE=http://127.0.0.1:{port}/secret\nADD $SOURCE /secret\n"
+            ),
+            "ADD from a URL",
+        ),
+        (
+            format!("FROM {BASE_IMAGE}\nRUN --mount=type=cache,target=/cache ls /cache\n"),
+            "RUN --mount of type cache",
+        ),
+        (
+            format!("# syntax=docker/dockerfile:1\nFROM {BASE_IMAGE}\n"),
+            "directive is not allowed",
+        ),
+        (format!("FROM {other}\n"), "not webspace"),
+        (
+            format!("FROM {BASE_IMAGE}\nCOPY --from={other} /bin/busybox /b\n"),
+            "not webspace",
+        ),
+        (
+            format!("FROM localhost:5000/other-{}:v1\n", std::process::id()),
+            "not webspace",
+        ),
+        (format!("FROM {triggered}\n"), "ONBUILD triggers"),
+    ];
+    for (dockerfile, why) in &cases {
+        commit(
+            &site.world.alice,
+            &app,
+            &[("Dockerfile", dockerfile.as_str())],
+            "reach out",
+        );
+        let push = site.push(&app, &["main"]);
+        let said = stderr(&push);
+        assert!(!push.status.success(), "{dockerfile}: {said}");
+        assert!(
+            said.contains("remote: error: `main`: the Dockerfile's line") && said.contains(why),
+            "{dockerfile}: {said}"
+        );
+        assert!(said.contains("remote: hint:"), "{said}");
+        assert_eq!(rev_parse(&site.repository(), "refs/heads/main"), before);
+        assert_ok(
+            &site
+                .world
+                .alice
+                .git(&app, &["reset", "-q", "--hard", "HEAD~1"]),
+        );
+    }
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing was fetched from the build host"
+    );
+    // The webspace's own image stays usable as a base.
+    let own = format!("{REGISTRY}/{}", site.name);
+    let tags = docker(&["image", "ls", "--format", "{{.Tag}}", &own]);
+    let tag = String::from_utf8_lossy(&tags.stdout)
+        .lines()
+        .next()
+        .expect("an image of this webspace")
+        .to_owned();
+    commit(
+        &site.world.alice,
+        &app,
+        &[(
+            "Dockerfile",
+            &format!("FROM {own}:{tag}\nRUN echo built on my own image\n"),
+        )],
+        "build on my own image",
+    );
+    assert_ok(&site.push(&app, &["main"]));
+    let _ = docker(&["rmi", "-f", &other, &triggered]);
+}

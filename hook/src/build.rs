@@ -114,6 +114,31 @@ pub async fn exists(docker: &Docker, image: &str) -> bool {
     docker.inspect_image(image).await.is_ok()
 }
 
+/// The `ONBUILD` triggers of base image `reference`, pulling it first when the engine does not
+/// have it (the build would pull it anyway). `None` when it cannot be had: the build then says
+/// why.
+pub async fn onbuild_triggers(docker: &Docker, reference: &str) -> Option<Vec<String>> {
+    if docker.inspect_image(reference).await.is_err() {
+        let options = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(reference.to_owned()),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut stream = docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                if item.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(300), pull)
+            .await
+            .ok()?;
+    }
+    let image = docker.inspect_image(reference).await.ok()?;
+    Some(image.config.and_then(|c| c.on_build).unwrap_or_default())
+}
+
 /// Builds `context` as `tag`, streaming output lines to the pusher.
 ///
 /// # Errors

@@ -6,6 +6,7 @@
 pub mod build;
 pub mod context;
 pub mod credentials;
+pub mod policy;
 pub mod release;
 pub mod report;
 pub mod slots;
@@ -67,6 +68,8 @@ struct Plan {
     branch: String,
     commit: String,
     tree: String,
+    /// The images the repository's Dockerfile uses (none for a Runtime's template).
+    images: Vec<policy::ImageUse>,
     manifest: tree::Manifest,
     /// The rendered Runtime template, when the tree has no Dockerfile.
     dockerfile: Option<String>,
@@ -175,6 +178,7 @@ async fn build_all(
 ) -> Result<(), ()> {
     let repository = image_repository(config);
     for plan in plans {
+        check_images(config, docker, &plan, reporter).await?;
         let image = format!("{repository}:{}", plan.tag);
         let fresh = !build::exists(docker, &image).await;
         if !fresh {
@@ -649,8 +653,12 @@ async fn plan(
             .map_err(|e| reporter.failure("the server cannot read the pushed objects", &e))?;
         let manifest = tree::walk(&repository, tree, Budget::default())
             .map_err(|e| reporter.error(&format!("`{branch}`: {e}"), e.hint()))?;
+        let mut images = Vec::new();
         let (dockerfile, source, tag) = match manifest.dockerfile {
-            Dockerfile::Present => (None, "its `Dockerfile`".to_owned(), tree.to_string()),
+            Dockerfile::Present => {
+                images = screen(&repository, &manifest, branch, reporter)?;
+                (None, "its `Dockerfile`".to_owned(), tree.to_string())
+            }
             Dockerfile::Symlink => {
                 reporter.error(
                     &format!("`{branch}`: the `Dockerfile` is a symlink"),
@@ -690,6 +698,7 @@ async fn plan(
             branch: branch.clone(),
             commit: commit.clone(),
             tree: tree.to_string(),
+            images,
             manifest,
             dockerfile,
             source,
@@ -697,6 +706,106 @@ async fn plan(
         });
     }
     Ok(plans)
+}
+
+/// The largest Dockerfile read.
+const MAX_DOCKERFILE: u64 = 1 << 20;
+
+/// Reads the tree's Dockerfile and refuses what the shared build engine must not be asked
+/// ([`policy`]); returns the images it uses, checked before the build.
+fn screen(
+    repository: &git2::Repository,
+    manifest: &tree::Manifest,
+    branch: &str,
+    reporter: &Reporter,
+) -> Result<Vec<policy::ImageUse>, ()> {
+    let blob = manifest.entries.iter().find_map(|entry| match entry {
+        tree::Entry::File {
+            path, blob, size, ..
+        } if path == b"Dockerfile" => Some((*blob, *size)),
+        _ => None,
+    });
+    let Some((blob, size)) = blob else {
+        return Ok(Vec::new());
+    };
+    if size > MAX_DOCKERFILE {
+        reporter.error(
+            &format!("`{branch}`: the Dockerfile is larger than 1 MiB"),
+            Some("a Dockerfile that large is not one; check what was committed as `Dockerfile`"),
+        );
+        return Err(());
+    }
+    let blob = repository
+        .find_blob(blob)
+        .map_err(|e| reporter.failure("the server cannot read the pushed objects", &e))?;
+    let text = String::from_utf8_lossy(blob.content());
+    policy::scan(&text).map_err(|refusal| {
+        reporter.error(&format!("`{branch}`: {refusal}"), Some(refusal.hint));
+    })
+}
+
+/// Refuses a plan whose Dockerfile uses another webspace's image (by name, through another
+/// name of this server's registry, or by ID), or a base image with `ONBUILD` triggers (they
+/// would run instructions this server never screened).
+async fn check_images(
+    config: &Config,
+    docker: &bollard::Docker,
+    plan: &Plan,
+    reporter: &Reporter,
+) -> Result<(), ()> {
+    let owner = policy::Owner {
+        webspace: &config.webspace,
+        registry: config.registry.as_deref(),
+    };
+    for image in &plan.images {
+        let refuse = |why: &str| {
+            reporter.error(
+                &format!(
+                    "`{}`: the Dockerfile's line {}: {why}",
+                    plan.branch, image.line
+                ),
+                Some("build FROM a public image or one of this webspace's own images"),
+            );
+        };
+        if let Some(why) = policy::foreign(&image.reference, &owner) {
+            refuse(&why);
+            return Err(());
+        }
+        if let Some(host) = policy::registry_host(&image.reference)
+            && !owner.registry.is_some_and(|r| r.eq_ignore_ascii_case(host))
+        {
+            let target = if host.contains(':') && !host.ends_with(']') {
+                host.to_owned()
+            } else {
+                format!("{host}:443")
+            };
+            let resolved = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::net::lookup_host(target),
+            )
+            .await;
+            if let Ok(Ok(addresses)) = resolved {
+                let addresses: Vec<_> = addresses.collect();
+                if addresses.iter().any(|a| !policy::is_public(a.ip())) {
+                    refuse(&format!(
+                        "registry `{host}` is on this server's network, not the internet"
+                    ));
+                    return Err(());
+                }
+            }
+        }
+        if let Some(triggers) = build::onbuild_triggers(docker, &image.reference).await
+            && !triggers.is_empty()
+        {
+            refuse(&format!(
+                "base image `{}` has ONBUILD triggers ({}), which this server does not run",
+                image.reference,
+                triggers.join("; ")
+            ));
+            return Err(());
+        }
+    }
+    Ok(())
 }
 
 /// Two branches whose names map to one host label would share a preview URL: refused.
