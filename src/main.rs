@@ -175,6 +175,25 @@ struct UpArgs {
     router_threads: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     router_limits: RouterLimits,
+    /// Where builds' RUN steps may connect: `restricted` (the internet only: not this host, not
+    /// its other containers, not private, link-local or loopback ranges; iptables rules on the
+    /// engine's default bridge, needs root) or `open` (anything the host reaches).
+    #[arg(long, env = "SLIPWAY_BUILD_EGRESS", value_enum, default_value_t = BuildEgress::Restricted)]
+    build_egress: BuildEgress,
+    /// An IPv4 range builds may reach although it is private (an internal package mirror, say):
+    /// `10.1.0.0/16`. Repeat the flag, or separate ranges with commas in the variable.
+    #[arg(
+        long = "build-allow-range",
+        env = "SLIPWAY_BUILD_ALLOW_RANGES",
+        value_delimiter = ','
+    )]
+    build_allow_ranges: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BuildEgress {
+    Restricted,
+    Open,
 }
 
 /// What one client of the router can hold (the defaults and their reasons:
@@ -323,11 +342,64 @@ fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
         .with_context(|| format!("cannot open data directory {}", data.display()))
 }
 
+/// Installs the firewall rules that keep builds' RUN steps on the internet
+/// ([`slipway_hook::egress`]), for the engine's default bridge, where BuildKit runs them.
+async fn restrict_builds(
+    docker: &bollard::Docker,
+    egress: BuildEgress,
+    allowed: &[String],
+) -> anyhow::Result<String> {
+    let allowed = allowed
+        .iter()
+        .map(|range| slipway_hook::egress::parse_range(range.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--build-allow-range")?;
+    let bridge = docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .context("cannot inspect the engine's default bridge, where builds run")?;
+    let interface = bridge
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+        .unwrap_or_else(|| "docker0".to_owned());
+    let subnet = bridge
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|c| c.subnet))
+        .filter(|s| s.contains('.'))
+        .context("the engine's default bridge has no IPv4 subnet")?;
+    if egress == BuildEgress::Open {
+        // Rules an earlier `slipway up` installed would otherwise still apply.
+        if let Err(error) = slipway_hook::egress::remove(&interface, &subnet) {
+            tracing::warn!(%error, "cannot remove earlier build egress rules");
+        }
+        return Ok("  builds reach everything this host reaches (--build-egress open)".to_owned());
+    }
+    slipway_hook::egress::install(&interface, &subnet, &allowed).context(
+        "cannot restrict where builds connect (iptables, as root); \
+         `slipway up --build-egress open` runs without (builds then reach this host's network)",
+    )?;
+    Ok(format!(
+        "  builds reach the internet only (rules on {interface} {subnet}{})",
+        if allowed.is_empty() {
+            String::new()
+        } else {
+            format!(", and {}", allowed.join(", "))
+        }
+    ))
+}
+
 /// What `slipway up` adds to the git server: where the router listens, and the operator.
 struct Rollout {
     http_listen: SocketAddr,
     router_threads: std::num::NonZeroUsize,
     router_limits: slipway_operator::router::Limits,
+    build_egress: BuildEgress,
+    build_allow_ranges: Vec<String>,
     settings: slipway_operator::single_host::Settings,
 }
 
@@ -339,6 +411,8 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
             .router_threads
             .unwrap_or_else(slipway_operator::router::default_threads),
         router_limits: args.router_limits.limits(),
+        build_egress: args.build_egress,
+        build_allow_ranges: args.build_allow_ranges.clone(),
         settings: slipway_operator::single_host::Settings {
             hosts: slipway_operator::Hosts {
                 domain: args.domain.clone(),
@@ -502,11 +576,14 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             .context(
                 "cannot reach the Docker engine (is dockerd running? `scripts/services` starts it)",
             )?;
+        let egress =
+            restrict_builds(&docker, rollout.build_egress, &rollout.build_allow_ranges).await?;
         let table = slipway_operator::router::RouteTable::default();
         say(&format!(
             "slipway router listening on {http_address}: apps at http://WEBSPACE.{}{}",
             settings.hosts.domain, settings.url_port
         ));
+        say(&egress);
         background.push(tokio::spawn(slipway_operator::router::run(
             http,
             table.clone(),

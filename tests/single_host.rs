@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -613,4 +614,230 @@ fn fifty_pushes_leave_no_growth_in_containers_images_or_file_descriptors() {
         after <= baseline + 8,
         "server file descriptors grew from {baseline} to {after}"
     );
+}
+
+/// A private network beside the host, as a cloud VPC or a metadata service would be: a network
+/// namespace behind a veth pair, with a TCP listener that counts connections. Removed on drop.
+struct PrivateNetwork {
+    name: String,
+    host_side: String,
+    address: String,
+    listener: std::process::Child,
+    count_file: std::path::PathBuf,
+    _scratch: Scratch,
+}
+
+impl PrivateNetwork {
+    fn new() -> Self {
+        let scratch = Scratch::new();
+        let id = std::process::id() % 200 + 20;
+        let name = format!("slipway-egress-{}", std::process::id());
+        let host_side = format!("sweg{}", std::process::id() % 100_000);
+        let peer = format!("{host_side}p");
+        let ip = |args: &[&str]| {
+            let output = Command::new("ip").args(args).output().expect("ip");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_side, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{id}.1/30"),
+            "dev",
+            &host_side,
+        ]);
+        ip(&["link", "set", &host_side, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("10.213.{id}.2/30"),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &name, "link", "set", &peer, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.213.{id}.1"),
+        ]);
+        let count_file = scratch.path("private-connections");
+        let listener = Command::new("ip")
+            .args(["netns", "exec", &name, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns=socket.socket()\ns.bind(('0.0.0.0',9999))\ns.listen()\nn=0\nwhile True:\n  c,_=s.accept()\n  n+=1\n  open('{}','w').write(str(n))\n  c.close()\n",
+                count_file.display()
+            ))
+            .spawn()
+            .expect("listener");
+        Self {
+            name,
+            host_side,
+            address: format!("10.213.{id}.2"),
+            listener,
+            count_file,
+            _scratch: scratch,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        fs::read_to_string(&self.count_file)
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PrivateNetwork {
+    fn drop(&mut self) {
+        let _ = self.listener.kill();
+        let _ = self.listener.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_side])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_builds_run_steps_reach_neither_this_host_nor_private_networks() {
+    let host = Host::new();
+    let private = PrivateNetwork::new();
+    // A service on every address of the build host.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let gateway = Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .expect("docker network inspect");
+    let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_owned();
+    // Each attempt's outcome goes into the page the app serves, so the test reads what the
+    // build saw; the listeners count what arrived.
+    let probe = |target: &str, label: &str| {
+        format!(
+            "(nc -w 3 {target} </dev/null >/dev/null 2>&1 && echo {label}=reached || echo {label}=refused) >> /www/egress.txt"
+        )
+    };
+    let dockerfile = format!(
+        "FROM slipway-test/busybox:latest\nCOPY . /www\nRUN {}; {}\nCMD exec httpd -f -p \"$PORT\" -h /www\n",
+        probe(&format!("{gateway} {port}"), "host"),
+        probe(&format!("{} 9999", private.address), "private"),
+    );
+    let app = host.scratch.path("app");
+    work_tree(
+        &host.alice,
+        &app,
+        &[("Dockerfile", dockerfile.as_str()), ("index.html", "hi\n")],
+    );
+    assert_ok(&host.push(&app, &["main"]));
+    let port_of_router = host.server().http_port.expect("router");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port_of_router)).expect("router");
+    stream
+        .write_all(
+            format!(
+                "GET /egress.txt HTTP/1.0\r\nHost: {}.localhost\r\n\r\n",
+                host.name
+            )
+            .as_bytes(),
+        )
+        .expect("request");
+    let mut page = String::new();
+    let _ = stream.read_to_string(&mut page);
+    assert!(
+        page.ends_with("host=refused\nprivate=refused\n"),
+        "what the build saw: {page}"
+    );
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(private.connections(), 0);
+
+    // A step that needs the refused connection fails the push, and the hint names the setting.
+    commit(
+        &host.alice,
+        &app,
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM slipway-test/busybox:latest\nRUN nc -w 3 {} 9999 </dev/null\n",
+                private.address
+            ),
+        )],
+        "needs the mirror",
+    );
+    let push = host.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(said.contains("--build-allow-range"), "{said}");
+    drop(host);
+
+    // An operator allows the private range (an internal mirror, say): that range only.
+    let host = Host::with(&[
+        "--drain",
+        "1",
+        "--build-allow-range",
+        &format!("{}/32", private.address),
+    ]);
+    let app = host.scratch.path("app");
+    work_tree(
+        &host.alice,
+        &app,
+        // Other content: the build cache must not skip the RUN step.
+        &[
+            ("Dockerfile", dockerfile.as_str()),
+            ("index.html", "hi again\n"),
+        ],
+    );
+    assert_ok(&host.push(&app, &["main"]));
+    let seen = {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", host.server().http_port.expect("router")))
+                .expect("router");
+        stream
+            .write_all(
+                format!(
+                    "GET /egress.txt HTTP/1.0\r\nHost: {}.localhost\r\n\r\n",
+                    host.name
+                )
+                .as_bytes(),
+            )
+            .expect("request");
+        let mut page = String::new();
+        let _ = stream.read_to_string(&mut page);
+        page
+    };
+    assert_eq!(
+        private.connections(),
+        1,
+        "the allowed range is reached: {seen}"
+    );
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

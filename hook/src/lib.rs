@@ -6,6 +6,7 @@
 pub mod build;
 pub mod context;
 pub mod credentials;
+pub mod egress;
 pub mod policy;
 pub mod release;
 pub mod report;
@@ -211,9 +212,21 @@ async fn build_all(
             drop(slot);
             match result {
                 Ok(_) => {}
-                Err(build::BuildError::Failed { step, message, .. }) => {
+                Err(build::BuildError::Failed {
+                    step,
+                    message,
+                    tail,
+                }) => {
                     let at = step.map(|s| format!(" at `{s}`")).unwrap_or_default();
-                    reporter.error(&format!("building `{}` failed{at}: {message}", plan.branch), Some("fix the Dockerfile (or the app) and push again; `docker build .` reproduces it locally"));
+                    let hint = if egress::refused_in(&tail) {
+                        "builds reach the internet, not this server's network or private ranges; an operator can allow a range with `slipway up --build-allow-range CIDR`"
+                    } else {
+                        "fix the Dockerfile (or the app) and push again; `docker build .` reproduces it locally"
+                    };
+                    reporter.error(
+                        &format!("building `{}` failed{at}: {message}", plan.branch),
+                        Some(hint),
+                    );
                     return Err(());
                 }
                 Err(build::BuildError::TimedOut(limit)) => {

@@ -1,0 +1,264 @@
+//! Where a build's `RUN` steps may connect, on a single host.
+//!
+//! BuildKit in dockerd runs every `RUN` step on the engine's default bridge (`docker0`), whose
+//! NAT reaches everything the host reaches: its own services on any of its addresses, the other
+//! containers (customers' apps), private networks and the cloud metadata endpoint. `slipway up`
+//! installs two iptables chains for that bridge's subnet:
+//! - `SLIPWAY-BUILD-EGRESS` (from `DOCKER-USER`, the forward path Docker leaves to users): replies
+//!   pass; the resolvers of `/etc/resolv.conf` on port 53 and the operator's allowed ranges pass;
+//!   loopback, private (RFC 1918), shared (100.64/10), link-local (169.254/16: metadata),
+//!   multicast and reserved ranges are rejected; the internet passes.
+//! - `SLIPWAY-BUILD-HOST` (from `INPUT`): replies pass, anything else to the host is rejected.
+//!
+//! Rejected, not dropped: a build that tries gets "connection refused" at once instead of hanging
+//! until its timeout. `ADD <url>` is fetched by the engine itself, outside these rules: the
+//! Dockerfile screen ([`crate::policy`]) refuses it. Containers an earlier Slipway left on the
+//! default bridge fall under the same rules (apps run on their own network now).
+
+use std::net::IpAddr;
+use std::process::Command;
+
+/// The ranges a build never reaches unless the operator allows one: everything that is not the
+/// internet.
+pub const BLOCKED: [&str; 10] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+const EGRESS: &str = "SLIPWAY-BUILD-EGRESS";
+const HOST: &str = "SLIPWAY-BUILD-HOST";
+
+/// Why the rules could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("cannot run iptables: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("iptables {args} failed: {stderr}")]
+    Iptables { args: String, stderr: String },
+    #[error("`{0}` is not an IPv4 range (ADDRESS/BITS)")]
+    Range(String),
+}
+
+/// A validated IPv4 range, `a.b.c.d/n`.
+pub fn parse_range(text: &str) -> Result<String, EgressError> {
+    let (address, bits) = text.split_once('/').unwrap_or((text, "32"));
+    let valid =
+        address.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32);
+    if valid {
+        Ok(format!("{address}/{bits}"))
+    } else {
+        Err(EgressError::Range(text.to_owned()))
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<bool, EgressError> {
+    let output = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(EgressError::Spawn)?;
+    Ok(output.status.success()).and_then(|ok| {
+        // `-C` (check) reports absence by its exit status; anything else must succeed.
+        if ok || args.first() == Some(&"-C") {
+            Ok(ok)
+        } else {
+            Err(EgressError::Iptables {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
+    })
+}
+
+/// Empties `chain`, creating it when missing.
+fn fresh_chain(chain: &str) -> Result<(), EgressError> {
+    if !iptables(&["-n", "-L", chain]).unwrap_or(false) {
+        iptables(&["-N", chain])?;
+    }
+    iptables(&["-F", chain])?;
+    Ok(())
+}
+
+/// Puts a jump to `chain` at the top of `from`, once.
+fn jump(from: &str, interface: &str, subnet: &str, chain: &str) -> Result<(), EgressError> {
+    let rule = ["-i", interface, "-s", subnet, "-j", chain];
+    let mut check = vec!["-C", from];
+    check.extend_from_slice(&rule);
+    if !iptables(&check)? {
+        let mut insert = vec!["-I", from, "1"];
+        insert.extend_from_slice(&rule);
+        iptables(&insert)?;
+    }
+    Ok(())
+}
+
+/// The nameservers of `resolv` that are not on the host itself (Docker gives the default
+/// bridge the host's resolvers, or public ones when those are local).
+pub fn resolvers(resolv: &str) -> Vec<IpAddr> {
+    resolv
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .filter(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .collect()
+}
+
+/// Installs (or refreshes) the rules for builds on `interface` with `subnet`, letting through
+/// `allowed` ranges. Idempotent: a restart replaces the chains' contents.
+///
+/// # Errors
+/// When iptables is missing or refuses (not root).
+pub fn install(interface: &str, subnet: &str, allowed: &[String]) -> Result<(), EgressError> {
+    fresh_chain(EGRESS)?;
+    iptables(&[
+        "-A",
+        EGRESS,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "RETURN",
+    ])?;
+    for range in allowed {
+        iptables(&["-A", EGRESS, "-d", range, "-j", "RETURN"])?;
+    }
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for resolver in resolvers(&resolv) {
+        let resolver = resolver.to_string();
+        for protocol in ["udp", "tcp"] {
+            iptables(&[
+                "-A", EGRESS, "-d", &resolver, "-p", protocol, "--dport", "53", "-j", "RETURN",
+            ])?;
+        }
+    }
+    for range in BLOCKED {
+        iptables(&[
+            "-A",
+            EGRESS,
+            "-d",
+            range,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-net-prohibited",
+        ])?;
+    }
+    fresh_chain(HOST)?;
+    iptables(&[
+        "-A",
+        HOST,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "RETURN",
+    ])?;
+    // A resolver on one of the host's own addresses is reached through INPUT.
+    for resolver in resolvers(&resolv) {
+        let resolver = resolver.to_string();
+        for protocol in ["udp", "tcp"] {
+            iptables(&[
+                "-A", HOST, "-d", &resolver, "-p", protocol, "--dport", "53", "-j", "RETURN",
+            ])?;
+        }
+    }
+    iptables(&[
+        "-A",
+        HOST,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-port-unreachable",
+    ])?;
+    // Docker's own chain for user rules, evaluated first on the forward path; FORWARD itself
+    // when the engine runs without it.
+    let forward = if iptables(&["-n", "-L", "DOCKER-USER"]).unwrap_or(false) {
+        "DOCKER-USER"
+    } else {
+        "FORWARD"
+    };
+    jump(forward, interface, subnet, EGRESS)?;
+    jump("INPUT", interface, subnet, HOST)?;
+    Ok(())
+}
+
+/// Whether a failed build's last lines look like a connection the rules refused (the hint then
+/// names the setting).
+pub fn refused_in(lines: &[String]) -> bool {
+    lines.iter().any(|line| {
+        let line = line.to_ascii_lowercase();
+        [
+            "network is unreachable",
+            "connection refused",
+            "no route to host",
+            "prohibited",
+        ]
+        .iter()
+        .any(|sign| line.contains(sign))
+    })
+}
+
+/// Removes the jumps to the chains (`--build-egress open`), so rules an earlier `slipway up`
+/// installed no longer apply.
+///
+/// # Errors
+/// When iptables is missing or refuses.
+pub fn remove(interface: &str, subnet: &str) -> Result<(), EgressError> {
+    for (from, chain) in [
+        ("DOCKER-USER", EGRESS),
+        ("FORWARD", EGRESS),
+        ("INPUT", HOST),
+    ] {
+        let rule = ["-i", interface, "-s", subnet, "-j", chain];
+        loop {
+            let mut check = vec!["-C", from];
+            check.extend_from_slice(&rule);
+            if !iptables(&check)? {
+                break;
+            }
+            let mut delete = vec!["-D", from];
+            delete.extend_from_slice(&rule);
+            iptables(&delete)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_resolvers_are_read_strictly() {
+        assert_eq!(
+            parse_range("10.1.0.0/16").ok().as_deref(),
+            Some("10.1.0.0/16")
+        );
+        assert_eq!(parse_range("10.1.2.3").ok().as_deref(), Some("10.1.2.3/32"));
+        for bad in [
+            "10.1.0.0/33",
+            "10.1.0/8",
+            "fd00::/8",
+            "x",
+            "10.0.0.0/8 -j ACCEPT",
+        ] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            resolvers(
+                "# c\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch x\n"
+            ),
+            ["10.255.255.53".parse::<IpAddr>().expect("ip")]
+        );
+    }
+}
