@@ -527,6 +527,68 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         "{seen:?}"
     );
 
+    step("a later Customer lists the owner's key: its status names the holder, the owner pushes");
+    let thief = format!("k8s-thief-{run}");
+    cleanup.names.lock().expect("names").push(thief.clone());
+    let thief_key = keygen(&scratch, "thief");
+    let thief_customer = |keys: &[&str]| {
+        let keys: Vec<String> = keys.iter().map(|k| format!("\n    - \"{k}\"")).collect();
+        format!(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata:\n  name: {thief}\nspec:\n  email: {thief}@example.com\n  sshKeys:{}\n",
+            keys.concat()
+        )
+    };
+    // kubectl stores what `slipway apply` refuses.
+    cluster.apply(&thief_customer(&[&thief_key.public_line, &key.public_line]));
+    let keys_condition = |customer: &str, field: &str| {
+        cluster.jsonpath(
+            &["customer", customer],
+            &format!("{{.status.conditions[?(@.type==\"KeysAvailable\")].{field}}}"),
+        )
+    };
+    eventually(
+        "the conflict in the later Customer's KeysAvailable condition",
+        Duration::from_secs(30),
+        &logs,
+        || keys_condition(&thief, "reason") == "KeyHeldByAnotherCustomer",
+    );
+    assert_eq!(keys_condition(&thief, "status"), "False");
+    let listed = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.private.with_extension("pub"))
+        .output()
+        .expect("ssh-keygen -l");
+    let fingerprint = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint")
+        .to_owned();
+    let message = keys_condition(&thief, "message");
+    assert!(
+        message.contains(&format!(
+            "ssh key #2 ({fingerprint}) is held by the earlier customer `{name}`"
+        )),
+        "{message}"
+    );
+    assert_eq!(keys_condition(&name, "status"), "True");
+    assert!(
+        cluster
+            .ok(&["get", "customer", &thief])
+            .contains("KeyHeldByAnotherCustomer"),
+        "`kubectl get customers` shows it"
+    );
+    // The key still identifies its owner: a push (nothing new) is admitted to the owner's repo.
+    let pushed = client.git(&app, &["push", &url, "main"]);
+    assert_ok(&pushed);
+    cluster.apply(&thief_customer(&[&thief_key.public_line]));
+    eventually(
+        "the condition cleared once the key is gone from the later Customer",
+        Duration::from_secs(30),
+        &logs,
+        || keys_condition(&thief, "status") == "True",
+    );
+    assert_eq!(keys_condition(&thief, "reason"), "KeysHeld");
+
     step("a branch gets its own Deployment, Service and Ingress; deleting it removes them");
     let pushed = client.git(&app, &["push", &url, "main:feature-x"]);
     assert_ok(&pushed);

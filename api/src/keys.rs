@@ -1,6 +1,10 @@
 //! SSH public keys as Customers list them: parsing, strength rules, fingerprints.
 
+use std::collections::HashMap;
+
 use ssh_key::{Algorithm, HashAlg, PublicKey};
+
+use crate::Customer;
 
 /// Smallest RSA modulus accepted. 2048 bits is the floor of current guidance (NIST SP 800-131A);
 /// OpenSSH itself refuses RSA keys below 1024 bits.
@@ -80,6 +84,93 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// The keys a Customer lists, in order: each entry's position in `sshKeys` (from 1) with its
+/// fingerprint, or why it cannot be used.
+pub fn listed_keys(customer: &Customer) -> impl Iterator<Item = (usize, Result<String, KeyError>)> {
+    customer
+        .spec
+        .ssh_keys
+        .iter()
+        .enumerate()
+        .map(|(position, line)| {
+            let index = position + 1;
+            (
+                index,
+                parse_public_key(line, index).map(|key| fingerprint(&key)),
+            )
+        })
+}
+
+/// One Customer's claim on the keys it lists. When several Customers list one key, the
+/// earliest claim holds it: the oldest Customer by `metadata.creationTimestamp` (one without
+/// it counts as the newest), then the smaller name. So listing someone else's key in one's own
+/// Customer never takes the key from its owner.
+///
+/// `slipway apply` refuses such a Customer; where one got in anyway (`kubectl apply`, a
+/// hand-edited file) the git server's key index gives the key to the earliest claim, and on
+/// Kubernetes the operator names the holder in the later Customer's `KeysAvailable` condition.
+/// Both order claims by this type's `Ord`, so they cannot disagree on who holds a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Claim {
+    /// When the Customer was created (compared first).
+    created: ClaimTime,
+    customer: String,
+}
+
+/// `metadata.creationTimestamp` as seconds and nanoseconds since the epoch; a Customer
+/// without one sorts after every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ClaimTime {
+    At(i64, i32),
+    Unknown,
+}
+
+impl Claim {
+    /// The claim of `customer`; `None` for a Customer without a name.
+    pub fn of(customer: &Customer) -> Option<Self> {
+        let name = customer.metadata.name.clone()?;
+        let created = customer
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(ClaimTime::Unknown, |time| {
+                ClaimTime::At(time.0.as_second(), time.0.subsec_nanosecond())
+            });
+        Some(Self {
+            created,
+            customer: name,
+        })
+    }
+
+    /// The Customer that claims.
+    pub fn customer(&self) -> &str {
+        &self.customer
+    }
+}
+
+/// Who holds each key that `customers` list, by fingerprint: the earliest [`Claim`].
+pub fn holders<'a>(customers: impl IntoIterator<Item = &'a Customer>) -> HashMap<String, Claim> {
+    let mut holders: HashMap<String, Claim> = HashMap::new();
+    for customer in customers {
+        let Some(claim) = Claim::of(customer) else {
+            continue;
+        };
+        for (_, listed) in listed_keys(customer) {
+            let Ok(fingerprint) = listed else {
+                continue;
+            };
+            match holders.get_mut(&fingerprint) {
+                Some(holder) if *holder <= claim => {}
+                Some(holder) => *holder = claim.clone(),
+                None => {
+                    holders.insert(fingerprint, claim.clone());
+                }
+            }
+        }
+    }
+    holders
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +217,51 @@ mod tests {
             parse_public_key(rsa, 2),
             Err(KeyError::Weak { index: 2, .. })
         ));
+    }
+
+    fn customer(name: &str, created: Option<&str>, keys: &[&str]) -> Customer {
+        let mut customer = Customer::new(
+            name,
+            crate::CustomerSpec {
+                email: format!("{name}@example.com"),
+                display_name: None,
+                ssh_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            },
+        );
+        customer.metadata.creation_timestamp = created.map(|at| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at.parse().expect("a time"))
+        });
+        customer
+    }
+
+    #[test]
+    fn the_earliest_customer_holds_a_key_then_the_smaller_name() {
+        const OTHER: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbw7FysavQjQK45aXPIoWcokMUPd7XpO7cX9Clj01bj b";
+        let fp = |line: &str| fingerprint(&parse_public_key(line, 1).expect("valid"));
+        let customers = [
+            // aaron's name sorts first, but his Customer is newer.
+            customer("aaron", Some("2026-01-03T00:00:00Z"), &[ED25519]),
+            customer("alice", Some("2026-01-02T00:00:00Z"), &[ED25519]),
+            // No creation time (a hand-written file) counts as the newest.
+            customer("aardvark", None, &[ED25519, OTHER]),
+            // Nanoseconds count.
+            customer("bob", Some("2026-01-02T00:00:00.5Z"), &["nonsense", OTHER]),
+        ];
+        let held = holders(&customers);
+        assert_eq!(held[&fp(ED25519)].customer(), "alice");
+        assert_eq!(held[&fp(OTHER)].customer(), "bob");
+        assert_eq!(held.len(), 2);
+        // Same creation time: the smaller name.
+        let at = Some("2026-01-02T00:00:00Z");
+        let tied = [
+            customer("bob", at, &[ED25519]),
+            customer("alice", at, &[ED25519]),
+        ];
+        assert_eq!(holders(&tied)[&fp(ED25519)].customer(), "alice");
+        let listed: Vec<_> = listed_keys(&customers[3]).collect();
+        assert_eq!(listed[0], (1, Err(KeyError::Unparsable { index: 1 })));
+        assert_eq!(listed[1], (2, Ok(fp(OTHER))));
     }
 
     /// `authorized_keys` options would give a key powers (or limits) the server never applies,

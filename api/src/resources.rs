@@ -64,6 +64,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
     shortname = "cust",
     printcolumn = r#"{"name":"Email","type":"string","jsonPath":".spec.email"}"#,
     printcolumn = r#"{"name":"Name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Keys","type":"string","jsonPath":".status.conditions[?(@.type==\"KeysAvailable\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     status = "CustomerStatus"
 )]
@@ -86,9 +87,19 @@ pub struct CustomerSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerStatus {
-    /// Number of usable keys.
+    /// Number of usable keys: those that parse and that no earlier Customer lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u32>,
+    /// `KeysAvailable`: `False` when a key is held by an earlier Customer (reason
+    /// `KeyHeldByAnotherCustomer`, the message names the key and the holder), cannot be used
+    /// (`KeyInvalid`), or none is listed (`NoKeys`). Written by the operator.
+    // A map keyed by `type`, as on Webspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["type"],
+    ))]
+    pub conditions: Vec<Condition>,
 }
 
 /// A webspace: one git repository (`<name>.git`) and the apps built from its branches.
@@ -199,7 +210,7 @@ pub struct WebspaceStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Built`, `Released` or `Ready`.
+    /// On a Webspace `Built`, `Released` or `Ready`; on a Customer `KeysAvailable`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

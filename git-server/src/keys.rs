@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use slipway_api::Customer;
-use slipway_api::keys::{fingerprint, parse_public_key};
+use slipway_api::keys::{Claim, listed_keys};
 use slipway_store::{Store, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -31,42 +31,13 @@ pub const MISS_RELIST_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
     /// The customer that holds the key: the only one that lists it, or the earliest of those
-    /// that do (see [`Claim`]).
+    /// that do ([`Claim`]'s order). Listing someone else's key in one's own Customer never
+    /// takes it from its owner; it is refused where Customers are written (`slipway apply`)
+    /// and ignored here, with a warning, where it got in anyway (`kubectl apply`, a
+    /// hand-edited file).
     Customer(String),
     /// No customer lists it.
     Unknown,
-}
-
-/// One customer listing a key. When several do, the earliest claim holds the key: the oldest
-/// Customer by `metadata.creationTimestamp` (a Customer without one counts as the newest),
-/// then the smaller name. So listing someone else's key in one's own Customer never takes it
-/// from its owner; it is refused where Customers are written (`slipway apply`) and ignored
-/// here, with a warning, where it got in anyway (`kubectl apply`, a hand-edited file).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Claim {
-    /// When the Customer was created.
-    created: ClaimTime,
-    customer: String,
-}
-
-/// `metadata.creationTimestamp` as seconds and nanoseconds since the epoch; a Customer
-/// without one sorts after every time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum ClaimTime {
-    At(i64, i32),
-    Unknown,
-}
-
-impl ClaimTime {
-    fn of(customer: &Customer) -> Self {
-        customer
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(Self::Unknown, |time| {
-                Self::At(time.0.as_second(), time.0.subsec_nanosecond())
-            })
-    }
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +53,7 @@ impl Index {
     fn remove_customer(&mut self, customer: &str) {
         for fp in self.by_customer.remove(customer).unwrap_or_default() {
             if let Some(claims) = self.by_fingerprint.get_mut(&fp) {
-                claims.retain(|c| c.customer != customer);
+                claims.retain(|c| c.customer() != customer);
                 if claims.is_empty() {
                     self.by_fingerprint.remove(&fp);
                 }
@@ -91,34 +62,31 @@ impl Index {
     }
 
     fn insert_customer(&mut self, customer: &Customer) {
-        let Some(name) = customer.metadata.name.clone() else {
+        let Some(claim) = Claim::of(customer) else {
             return;
         };
+        let name = claim.customer().to_owned();
         self.remove_customer(&name);
         let mut fingerprints = Vec::new();
-        for (index, line) in customer.spec.ssh_keys.iter().enumerate() {
-            match parse_public_key(line, index + 1) {
-                Ok(key) => fingerprints.push(fingerprint(&key)),
+        for (_, listed) in listed_keys(customer) {
+            match listed {
+                Ok(fingerprint) => fingerprints.push(fingerprint),
                 Err(error) => tracing::warn!(customer = %name, %error, "ignoring ssh key"),
             }
         }
         fingerprints.sort();
         fingerprints.dedup();
-        let created = ClaimTime::of(customer);
         for fp in &fingerprints {
             let claims = self.by_fingerprint.entry(fp.clone()).or_default();
-            claims.push(Claim {
-                created,
-                customer: name.clone(),
-            });
+            claims.push(claim.clone());
             claims.sort();
             if let [holder, later @ ..] = claims.as_slice()
                 && !later.is_empty()
             {
                 tracing::warn!(
                     fingerprint = %fp,
-                    holder = %holder.customer,
-                    ignored = ?later.iter().map(|c| c.customer.as_str()).collect::<Vec<_>>(),
+                    holder = %holder.customer(),
+                    ignored = ?later.iter().map(Claim::customer).collect::<Vec<_>>(),
                     "ssh key listed by several customers; it identifies the earliest only"
                 );
             }
@@ -288,7 +256,7 @@ impl KeyIndex {
             .get(fingerprint)
             .and_then(|c| c.first())
         {
-            Some(claim) => Owner::Customer(claim.customer.clone()),
+            Some(claim) => Owner::Customer(claim.customer().to_owned()),
             None => Owner::Unknown,
         }
     }
@@ -300,6 +268,7 @@ mod tests {
 
     use super::*;
     use slipway_api::CustomerSpec;
+    use slipway_api::keys::{fingerprint, parse_public_key};
     use slipway_store::Kind;
 
     const KEY_A: &str =

@@ -1,6 +1,7 @@
 //! The Kubernetes driver: a kube-rs `Controller` over Webspaces that applies what the shared
 //! decisions want as Namespaces, Deployments, Services and Ingresses, behind a leader Lease.
 
+pub mod customers;
 pub mod lease;
 pub mod objects;
 pub mod reconcile;
@@ -37,6 +38,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use slipway_api::{Customer, Release, Runtime, Webspace};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use objects::Settings;
@@ -98,10 +100,12 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// A watch of every `K` that keeps `writer`'s cache and yields what changed.
+/// A watch of every `K` that keeps `writer`'s cache and yields what changed; `changed` is
+/// notified after each event reached the cache.
 fn cached<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
+    changed: Option<Arc<Notify>>,
 ) -> impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: kube::Resource<DynamicType = ()>
@@ -112,7 +116,13 @@ where
         + Sync
         + 'static,
 {
-    reflector(writer, watcher(api, watcher::Config::default())).touched_objects()
+    reflector(writer, watcher(api, watcher::Config::default()))
+        .inspect(move |_| {
+            if let Some(changed) = &changed {
+                changed.notify_one();
+            }
+        })
+        .touched_objects()
 }
 
 /// Webspaces reconciled at the same time.
@@ -138,6 +148,16 @@ pub async fn control(
     let (customers, customer_writer) = reflector::store::<Customer>();
     let (releases, release_writer) = reflector::store::<Release>();
     let (runtimes, runtime_writer) = reflector::store::<Runtime>();
+    // Customers' KeysAvailable conditions (see customers.rs for why the operator writes them),
+    // from the same cache, on each change of a Customer; like the rest, only while leading.
+    let keys_changed = Arc::new(Notify::new());
+    let keys_stop = stop.child_token();
+    let key_statuses = tokio::spawn(self::customers::keep_key_statuses(
+        client.clone(),
+        customers.clone(),
+        keys_changed.clone(),
+        keys_stop.clone(),
+    ));
     let context = Arc::new(
         Context::new(client.clone(), settings, metrics).with_stores(Stores {
             customers,
@@ -150,11 +170,15 @@ pub async fn control(
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Ingress>::all(client.clone()), owned)
         .watches_stream(
-            cached(Api::<Release>::all(client.clone()), release_writer),
+            cached(Api::<Release>::all(client.clone()), release_writer, None),
             |release| Some(ObjectRef::new(&release.spec.webspace)),
         )
         .watches_stream(
-            cached(Api::<Customer>::all(client.clone()), customer_writer),
+            cached(
+                Api::<Customer>::all(client.clone()),
+                customer_writer,
+                Some(keys_changed),
+            ),
             move |customer| {
                 let name = customer.name_any();
                 cache
@@ -168,7 +192,7 @@ pub async fn control(
         // A Runtime's port or template matters at the next reconcile of each webspace; its
         // changes only fill the cache.
         .watches_stream(
-            cached(Api::<Runtime>::all(client.clone()), runtime_writer),
+            cached(Api::<Runtime>::all(client.clone()), runtime_writer, None),
             |_| None::<ObjectRef<Webspace>>,
         )
         .trigger_backoff(WatchBackoff::new())
@@ -187,6 +211,8 @@ pub async fn control(
             }
         })
         .await;
+    keys_stop.cancel();
+    let _ = key_statuses.await;
 }
 
 /// Leader election around [`control`]: only the Lease holder runs the controller; losing the
