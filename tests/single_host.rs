@@ -715,6 +715,20 @@ impl Drop for PrivateNetwork {
     }
 }
 
+/// `/egress.txt` of the host's app: what its build saw.
+fn egress_page(host: &Host) -> String {
+    let port = host.server().http_port.expect("router");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("router");
+    let request = format!(
+        "GET /egress.txt HTTP/1.0\r\nHost: {}.localhost\r\n\r\n",
+        host.name
+    );
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut page = String::new();
+    let _ = stream.read_to_string(&mut page);
+    page
+}
+
 #[test]
 fn a_builds_run_steps_reach_neither_this_host_nor_private_networks() {
     let host = Host::new();
@@ -760,19 +774,7 @@ fn a_builds_run_steps_reach_neither_this_host_nor_private_networks() {
         &[("Dockerfile", dockerfile.as_str()), ("index.html", "hi\n")],
     );
     assert_ok(&host.push(&app, &["main"]));
-    let port_of_router = host.server().http_port.expect("router");
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port_of_router)).expect("router");
-    stream
-        .write_all(
-            format!(
-                "GET /egress.txt HTTP/1.0\r\nHost: {}.localhost\r\n\r\n",
-                host.name
-            )
-            .as_bytes(),
-        )
-        .expect("request");
-    let mut page = String::new();
-    let _ = stream.read_to_string(&mut page);
+    let page = egress_page(&host);
     assert!(
         page.ends_with("host=refused\nprivate=refused\n"),
         "what the build saw: {page}"
@@ -817,23 +819,7 @@ fn a_builds_run_steps_reach_neither_this_host_nor_private_networks() {
         ],
     );
     assert_ok(&host.push(&app, &["main"]));
-    let seen = {
-        let mut stream =
-            std::net::TcpStream::connect(("127.0.0.1", host.server().http_port.expect("router")))
-                .expect("router");
-        stream
-            .write_all(
-                format!(
-                    "GET /egress.txt HTTP/1.0\r\nHost: {}.localhost\r\n\r\n",
-                    host.name
-                )
-                .as_bytes(),
-            )
-            .expect("request");
-        let mut page = String::new();
-        let _ = stream.read_to_string(&mut page);
-        page
-    };
+    let seen = egress_page(&host);
     assert_eq!(
         private.connections(),
         1,

@@ -111,6 +111,19 @@ pub fn resolvers(resolv: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Lets DNS to the resolvers of `resolv` through `chain`.
+fn allow_resolvers(chain: &str, resolv: &str) -> Result<(), EgressError> {
+    for resolver in resolvers(resolv) {
+        let resolver = resolver.to_string();
+        for protocol in ["udp", "tcp"] {
+            iptables(&[
+                "-A", chain, "-d", &resolver, "-p", protocol, "--dport", "53", "-j", "RETURN",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 /// Installs (or refreshes) the rules for builds on `interface` with `subnet`, letting through
 /// `allowed` ranges. Idempotent: a restart replaces the chains' contents.
 ///
@@ -132,14 +145,7 @@ pub fn install(interface: &str, subnet: &str, allowed: &[String]) -> Result<(), 
         iptables(&["-A", EGRESS, "-d", range, "-j", "RETURN"])?;
     }
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    for resolver in resolvers(&resolv) {
-        let resolver = resolver.to_string();
-        for protocol in ["udp", "tcp"] {
-            iptables(&[
-                "-A", EGRESS, "-d", &resolver, "-p", protocol, "--dport", "53", "-j", "RETURN",
-            ])?;
-        }
-    }
+    allow_resolvers(EGRESS, &resolv)?;
     for range in BLOCKED {
         iptables(&[
             "-A",
@@ -164,14 +170,7 @@ pub fn install(interface: &str, subnet: &str, allowed: &[String]) -> Result<(), 
         "RETURN",
     ])?;
     // A resolver on one of the host's own addresses is reached through INPUT.
-    for resolver in resolvers(&resolv) {
-        let resolver = resolver.to_string();
-        for protocol in ["udp", "tcp"] {
-            iptables(&[
-                "-A", HOST, "-d", &resolver, "-p", protocol, "--dport", "53", "-j", "RETURN",
-            ])?;
-        }
-    }
+    allow_resolvers(HOST, &resolv)?;
     iptables(&[
         "-A",
         HOST,
