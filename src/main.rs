@@ -188,6 +188,21 @@ struct UpArgs {
         value_delimiter = ','
     )]
     build_allow_ranges: Vec<String>,
+    /// Memory of each BuildKit build step, swap included (`512m`, `1g`).
+    #[arg(long, env = "SLIPWAY_BUILD_STEP_MEMORY", default_value = "1g", value_parser = parse_size_arg)]
+    build_step_memory: u64,
+    /// Processes of each BuildKit build step; a step that reaches it is killed (fork bombs).
+    #[arg(long, env = "SLIPWAY_BUILD_STEP_PIDS", default_value_t = slipway_hook::steps::StepLimits::default().pids, value_parser = clap::value_parser!(u64).range(16..))]
+    build_step_pids: u64,
+    /// CPUs of each BuildKit build step.
+    #[arg(long, env = "SLIPWAY_BUILD_STEP_CPUS", default_value_t = slipway_hook::steps::StepLimits::default().cpus, value_parser = clap::value_parser!(u32).range(1..))]
+    build_step_cpus: u32,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    slipway_api::resources::parse_size(text)
+        .filter(|bytes| *bytes >= 16 << 20)
+        .ok_or_else(|| format!("`{text}` is not a size of at least 16m (bytes, or with k, m, g)"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -400,6 +415,7 @@ struct Rollout {
     router_limits: slipway_operator::router::Limits,
     build_egress: BuildEgress,
     build_allow_ranges: Vec<String>,
+    build_steps: slipway_hook::steps::StepLimits,
     settings: slipway_operator::single_host::Settings,
 }
 
@@ -413,6 +429,11 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
         router_limits: args.router_limits.limits(),
         build_egress: args.build_egress,
         build_allow_ranges: args.build_allow_ranges.clone(),
+        build_steps: slipway_hook::steps::StepLimits {
+            memory: args.build_step_memory,
+            pids: args.build_step_pids,
+            cpus: args.build_step_cpus,
+        },
         settings: slipway_operator::single_host::Settings {
             hosts: slipway_operator::Hosts {
                 domain: args.domain.clone(),
@@ -584,6 +605,11 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             settings.hosts.domain, settings.url_port
         ));
         say(&egress);
+        background.push(tokio::spawn(slipway_hook::steps::enforce(
+            PathBuf::from("/sys/fs/cgroup"),
+            rollout.build_steps,
+            shutdown.clone(),
+        )));
         background.push(tokio::spawn(slipway_operator::router::run(
             http,
             table.clone(),

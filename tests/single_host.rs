@@ -827,3 +827,52 @@ fn a_builds_run_steps_reach_neither_this_host_nor_private_networks() {
     );
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_build_step_over_its_memory_or_process_limit_is_killed_and_the_next_build_works() {
+    let host = Host::with(&[
+        "--drain",
+        "1",
+        "--build-step-memory",
+        "64m",
+        "--build-step-pids",
+        "64",
+    ]);
+    let app = site(&host, "before\n");
+    assert_ok(&host.push(&app, &["main"]));
+    for (dockerfile, what) in [
+        // 200 MB in one buffer, against 64 MiB.
+        (
+            "FROM slipway-test/busybox:latest\nRUN dd if=/dev/zero of=/dev/null bs=200M count=1\n",
+            "memory",
+        ),
+        // Processes without end, against 64: killed at the limit, not at the build timeout.
+        (
+            "FROM slipway-test/busybox:latest\nRUN while true; do sleep 600 & done\n",
+            "processes",
+        ),
+    ] {
+        commit(&host.alice, &app, &[("Dockerfile", dockerfile)], what);
+        let push = host.push(&app, &["main"]);
+        let said = stderr(&push);
+        assert!(!push.status.success(), "{what}: {said}");
+        assert!(
+            said.contains("remote: error: building `main` failed")
+                && said.contains("--build-step-memory"),
+            "{what}: {said}"
+        );
+        assert_ok(&host.alice.git(&app, &["reset", "-q", "--hard", "HEAD~1"]));
+    }
+    // Nothing of them is left running, and the next build works.
+    let left = Command::new("sh")
+        .args([
+            "-c",
+            "cat /sys/fs/cgroup/pids/docker/buildkit/*/cgroup.procs 2>/dev/null | wc -l",
+        ])
+        .output()
+        .expect("sh");
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "0");
+    commit(&host.alice, &app, &[("index.html", "after\n")], "fine");
+    assert_ok(&host.push(&app, &["main"]));
+    assert_eq!(host.get(&host.name), (200, "after\n".to_owned()));
+}

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod release;
 pub mod report;
 pub mod slots;
+pub mod steps;
 pub mod tree;
 pub mod updates;
 
@@ -218,7 +219,9 @@ async fn build_all(
                     tail,
                 }) => {
                     let at = step.map(|s| format!(" at `{s}`")).unwrap_or_default();
-                    let hint = if egress::refused_in(&tail) {
+                    let hint = if steps::killed_in(&message, &tail) {
+                        "a step went over its memory or process limit; an operator can raise them with `slipway up --build-step-memory`/`--build-step-pids`"
+                    } else if egress::refused_in(&tail) {
                         "builds reach the internet, not this server's network or private ranges; an operator can allow a range with `slipway up --build-allow-range CIDR`"
                     } else {
                         "fix the Dockerfile (or the app) and push again; `docker build .` reproduces it locally"

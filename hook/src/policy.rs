@@ -378,7 +378,9 @@ pub fn foreign(reference: &str, owner: &Owner<'_>) -> Option<String> {
     match host {
         Some(host) => {
             let ours = owner.registry.is_some_and(|r| r.eq_ignore_ascii_case(host));
-            if ours && own(owner.webspace) {
+            // Webspace names are DNS labels, so a webspace's repository is one path component;
+            // deeper paths are base images an operator put there (`REGISTRY/org/base`).
+            if (ours && own(owner.webspace)) || repository.contains('/') {
                 return None;
             }
             let bare = host
@@ -548,6 +550,8 @@ mod tests {
         }
         for reference in [
             "127.0.0.1:5000/blog:abc",
+            "127.0.0.1:5000/slipway-test/busybox:latest",
+            "localhost:5000/base/node:22",
             "busybox",
             "node:22-slim",
             "ghcr.io/org/image:1",
