@@ -362,6 +362,7 @@ fn open_store(data: &Path) -> anyhow::Result<DirectoryStore> {
 async fn restrict_builds(
     docker: &bollard::Docker,
     egress: BuildEgress,
+    instance: &str,
     allowed: &[String],
 ) -> anyhow::Result<String> {
     let allowed = allowed
@@ -394,7 +395,7 @@ async fn restrict_builds(
         }
         return Ok("  builds reach everything this host reaches (--build-egress open)".to_owned());
     }
-    slipway_hook::egress::install(&interface, &subnet, &allowed).context(
+    slipway_hook::egress::install(&interface, &subnet, instance, &allowed).context(
         "cannot restrict where builds connect (iptables, as root); \
          `slipway up --build-egress open` runs without (builds then reach this host's network)",
     )?;
@@ -597,8 +598,13 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             .context(
                 "cannot reach the Docker engine (is dockerd running? `scripts/services` starts it)",
             )?;
-        let egress =
-            restrict_builds(&docker, rollout.build_egress, &rollout.build_allow_ranges).await?;
+        let egress = restrict_builds(
+            &docker,
+            rollout.build_egress,
+            &settings.instance,
+            &rollout.build_allow_ranges,
+        )
+        .await?;
         let table = slipway_operator::router::RouteTable::default();
         say(&format!(
             "slipway router listening on {http_address}: apps at http://WEBSPACE.{}{}",

@@ -78,15 +78,6 @@ fn iptables(args: &[&str]) -> Result<bool, EgressError> {
     })
 }
 
-/// Empties `chain`, creating it when missing.
-fn fresh_chain(chain: &str) -> Result<(), EgressError> {
-    if !iptables(&["-n", "-L", chain]).unwrap_or(false) {
-        iptables(&["-N", chain])?;
-    }
-    iptables(&["-F", chain])?;
-    Ok(())
-}
-
 /// Puts a jump to `chain` at the top of `from`, once.
 fn jump(from: &str, interface: &str, subnet: &str, chain: &str) -> Result<(), EgressError> {
     let rule = ["-i", interface, "-s", subnet, "-j", chain];
@@ -111,74 +102,128 @@ pub fn resolvers(resolv: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Adds `rule` to `chain` unless it is there: at the top with `first`, else at the end.
+fn ensure(chain: &str, first: bool, rule: &[&str]) -> Result<(), EgressError> {
+    let mut check = vec!["-C", chain];
+    check.extend_from_slice(rule);
+    if !iptables(&check)? {
+        let mut add = if first {
+            vec!["-I", chain, "1"]
+        } else {
+            vec!["-A", chain]
+        };
+        add.extend_from_slice(rule);
+        iptables(&add)?;
+    }
+    Ok(())
+}
+
+/// Replies to connections a build was allowed to make.
+const REPLIES: [&str; 6] = [
+    "-m",
+    "conntrack",
+    "--ctstate",
+    "RELATED,ESTABLISHED",
+    "-j",
+    "RETURN",
+];
+
 /// Lets DNS to the resolvers of `resolv` through `chain`.
 fn allow_resolvers(chain: &str, resolv: &str) -> Result<(), EgressError> {
     for resolver in resolvers(resolv) {
-        let resolver = resolver.to_string();
+        let resolver = format!("{resolver}/32");
         for protocol in ["udp", "tcp"] {
-            iptables(&[
-                "-A", chain, "-d", &resolver, "-p", protocol, "--dport", "53", "-j", "RETURN",
-            ])?;
+            ensure(
+                chain,
+                true,
+                &[
+                    "-d", &resolver, "-p", protocol, "-m", protocol, "--dport", "53", "-j",
+                    "RETURN",
+                ],
+            )?;
         }
     }
     Ok(())
 }
 
 /// Installs (or refreshes) the rules for builds on `interface` with `subnet`, letting through
-/// `allowed` ranges. Idempotent: a restart replaces the chains' contents.
+/// the `allowed` ranges of installation `instance`.
+///
+/// Several installations may share one engine (and so one bridge and its rules): the rejecting
+/// rules are shared and added once; each installation's allowed ranges carry its id in a comment
+/// and are replaced when it starts again, so a range removed from its settings closes and the
+/// others' stay.
 ///
 /// # Errors
 /// When iptables is missing or refuses (not root).
-pub fn install(interface: &str, subnet: &str, allowed: &[String]) -> Result<(), EgressError> {
-    fresh_chain(EGRESS)?;
-    iptables(&[
-        "-A",
-        EGRESS,
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "ESTABLISHED,RELATED",
-        "-j",
-        "RETURN",
-    ])?;
-    for range in allowed {
-        iptables(&["-A", EGRESS, "-d", range, "-j", "RETURN"])?;
+pub fn install(
+    interface: &str,
+    subnet: &str,
+    instance: &str,
+    allowed: &[String],
+) -> Result<(), EgressError> {
+    for chain in [EGRESS, HOST] {
+        if !iptables(&["-n", "-L", chain]).unwrap_or(false) {
+            iptables(&["-N", chain])?;
+        }
+    }
+    for range in BLOCKED {
+        ensure(
+            EGRESS,
+            false,
+            &[
+                "-d",
+                range,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "icmp-net-prohibited",
+            ],
+        )?;
+    }
+    let tag = format!("slipway-allow:{instance}");
+    let listed = Command::new("iptables")
+        .args(["-w", "-S", EGRESS])
+        .output()
+        .map_err(EgressError::Spawn)?;
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        // `-S` prints the comment in quotes; the arguments are without them.
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .map(|w| w.trim_matches('"'))
+            .collect();
+        if words.first() == Some(&"-A") && words.contains(&tag.as_str()) {
+            let mut delete = vec!["-D"];
+            delete.extend_from_slice(&words[1..]);
+            iptables(&delete)?;
+        }
     }
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     allow_resolvers(EGRESS, &resolv)?;
-    for range in BLOCKED {
+    for range in allowed {
         iptables(&[
-            "-A",
+            "-I",
             EGRESS,
+            "1",
             "-d",
             range,
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
             "-j",
-            "REJECT",
-            "--reject-with",
-            "icmp-net-prohibited",
+            "RETURN",
         ])?;
     }
-    fresh_chain(HOST)?;
-    iptables(&[
-        "-A",
+    ensure(EGRESS, true, &REPLIES)?;
+    ensure(
         HOST,
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "ESTABLISHED,RELATED",
-        "-j",
-        "RETURN",
-    ])?;
+        false,
+        &["-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
+    )?;
     // A resolver on one of the host's own addresses is reached through INPUT.
     allow_resolvers(HOST, &resolv)?;
-    iptables(&[
-        "-A",
-        HOST,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "icmp-port-unreachable",
-    ])?;
+    ensure(HOST, true, &REPLIES)?;
     // Docker's own chain for user rules, evaluated first on the forward path; FORWARD itself
     // when the engine runs without it.
     let forward = if iptables(&["-n", "-L", "DOCKER-USER"]).unwrap_or(false) {

@@ -89,10 +89,26 @@ impl Layout {
         }
     }
 
-    /// Applies `limits` to `step`. Errors are ignored: the step may have ended meanwhile.
+    /// Applies `limits` to `step`, each only where it is stricter than what is set: when two
+    /// installations share an engine, both watch its steps (which cannot be told apart), and the
+    /// stricter limits hold. Errors are ignored: the step may have ended meanwhile.
     fn limit(&self, step: &str, limits: StepLimits) {
         let write = |controller: &str, file: &str, value: String| {
-            let _ = fs::write(self.path(controller, step, file), value);
+            let path = self.path(controller, step, file);
+            let current = fs::read_to_string(&path).unwrap_or_default();
+            // The first number of the file ("max" and -1 mean none; cpu.max is "QUOTA PERIOD").
+            let set = current
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|n| *n >= 0);
+            let wanted = value
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok());
+            if set.is_none() || wanted.is_some_and(|w| set.is_some_and(|s| w < s)) {
+                let _ = fs::write(path, value);
+            }
         };
         match self {
             Layout::V1 { .. } => {
