@@ -619,21 +619,51 @@ fn deleting_a_branch_is_recorded_and_the_production_branch_cannot_be_deleted() {
 }
 
 #[test]
-fn tags_are_refused() {
+fn tags_are_stored_not_deployed_and_other_refs_are_all_named() {
     let site = Site::new(None);
-    let app = site.app(&[("Dockerfile", DOCKERFILE)]);
+    let app = site.app(&[("Dockerfile", DOCKERFILE), ("index.html", "v1\n")]);
     assert_ok(&site.world.alice.git(&app, &["tag", "v1"]));
-    let push = site.push(&app, &["main", "v1"]);
-    assert!(!push.status.success());
-    assert!(
-        stderr(&push).contains("only branches can be pushed here, not `refs/tags/v1`"),
-        "{}",
-        stderr(&push)
+    assert_ok(
+        &site
+            .world
+            .alice
+            .git(&app, &["tag", "-a", "v1.1", "-m", "annotated"]),
     );
+    // `git push --follow-tags` (or push.followTags) sends the branch with its tags.
+    let push = site.push(&app, &["--follow-tags", "main"]);
+    assert_ok(&push);
+    let said = stderr(&push);
     assert!(
-        rev_parse(&site.repository(), "refs/heads/main").is_none(),
-        "one refused ref refuses all"
+        said.contains("remote: slipway: tag `v1.1` stored, not deployed"),
+        "{said}"
     );
+    assert!(rev_parse(&site.repository(), "refs/heads/main").is_some());
+    assert!(rev_parse(&site.repository(), "refs/tags/v1.1").is_some());
+    assert_eq!(site.releases().len(), 1, "the branch only was built");
+    // A tag alone: stored, nothing built.
+    let push = site.push(&app, &["v1"]);
+    assert_ok(&push);
+    assert!(rev_parse(&site.repository(), "refs/tags/v1").is_some());
+    assert_eq!(site.releases().len(), 1);
+    // Deleted.
+    assert_ok(&site.push(&app, &[":refs/tags/v1"]));
+    assert!(rev_parse(&site.repository(), "refs/tags/v1").is_none());
+    // Other refs are refused, every one named, and nothing of the push moves.
+    commit(&site.world.alice, &app, &[("index.html", "v2\n")], "v2");
+    let before = rev_parse(&site.repository(), "refs/heads/main");
+    let push = site.push(
+        &app,
+        &["main", "HEAD:refs/notes/x", "HEAD:refs/pull/1/head"],
+    );
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "only branches and tags can be pushed here, not `refs/notes/x`, `refs/pull/1/head`"
+        ),
+        "{said}"
+    );
+    assert_eq!(rev_parse(&site.repository(), "refs/heads/main"), before);
 }
 
 #[test]

@@ -137,6 +137,12 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
         {
             reporter.say(&format!("hint: {hint}"));
         }
+        if let Update::Tag { tag, deleted } = update {
+            reporter.say(&format!(
+                "slipway: tag `{tag}` {}, not deployed (branches deploy)",
+                if *deleted { "deleted" } else { "stored" }
+            ));
+        }
     }
     if !config.build {
         for update in &updates {
@@ -844,7 +850,7 @@ fn check_labels(
             Update::Branch { branch, .. } if !branches.contains(branch) => {
                 branches.push(branch.clone())
             }
-            Update::Branch { .. } => {}
+            Update::Branch { .. } | Update::Tag { .. } => {}
         }
     }
     for update in updates {
@@ -921,6 +927,7 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
                     "slipway: branch `{branch}` of `{}` deleted",
                     config.webspace
                 )),
+                Update::Tag { .. } => {}
             }
         }
         return true;
@@ -954,6 +961,7 @@ pub async fn post_receive(config: &Config, input: &str, reporter: &Reporter) -> 
                     "slipway: branch `{branch}` deleted; its releases are retired"
                 ));
             }
+            Update::Tag { .. } => {}
         }
     }
     ok

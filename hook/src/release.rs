@@ -121,6 +121,7 @@ pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<
             .filter(|r| phase(r) != Some(SUPERSEDED))
             .map(|r| with_phase(r, SUPERSEDED, Some("the branch was deleted")))
             .collect(),
+        Update::Tag { .. } => Vec::new(),
     }
 }
 

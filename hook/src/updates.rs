@@ -18,6 +18,13 @@ pub enum Update {
         /// Branch name (without `refs/heads/`).
         branch: String,
     },
+    /// A tag created, moved or deleted: stored by git, never built or deployed.
+    Tag {
+        /// Tag name (without `refs/tags/`).
+        tag: String,
+        /// Whether the push deletes it.
+        deleted: bool,
+    },
 }
 
 /// A push that Slipway refuses before building anything. The messages are what the pusher
@@ -27,8 +34,8 @@ pub enum UpdateError {
     /// git gave a line that is not `old new ref`.
     #[error("malformed ref update from git")]
     Malformed,
-    /// A tag, note or other non-branch ref.
-    #[error("only branches can be pushed here, not `{0}`")]
+    /// Notes and other refs that are neither branches nor tags, all of them.
+    #[error("only branches and tags can be pushed here, not {0}")]
     NotBranch(String),
     /// The production branch would be deleted.
     #[error("the production branch `{0}` cannot be deleted")]
@@ -40,7 +47,9 @@ impl UpdateError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             Self::Malformed => None,
-            Self::NotBranch(_) => Some("push branches only, e.g. `git push origin main`"),
+            Self::NotBranch(_) => {
+                Some("push branches (and tags) only, e.g. `git push origin main`")
+            }
             Self::ProductionDeletion(_) => {
                 Some("delete the Webspace instead, or change its `productionBranch` first")
             }
@@ -59,6 +68,7 @@ fn is_object_id(s: &str) -> bool {
 /// The first refused ref.
 pub fn decide(input: &str, production_branch: &str) -> Result<Vec<Update>, UpdateError> {
     let mut updates = Vec::new();
+    let mut refused = Vec::new();
     for line in input.lines().filter(|l| !l.is_empty()) {
         let mut fields = line.split(' ');
         let (Some(old), Some(new), Some(reference), None) =
@@ -69,8 +79,16 @@ pub fn decide(input: &str, production_branch: &str) -> Result<Vec<Update>, Updat
         if !is_object_id(old) || !is_object_id(new) {
             return Err(UpdateError::Malformed);
         }
+        if let Some(tag) = reference.strip_prefix("refs/tags/") {
+            updates.push(Update::Tag {
+                tag: tag.to_owned(),
+                deleted: new == ZERO,
+            });
+            continue;
+        }
         let Some(branch) = reference.strip_prefix("refs/heads/") else {
-            return Err(UpdateError::NotBranch(reference.escape_debug().to_string()));
+            refused.push(format!("`{}`", reference.escape_debug()));
+            continue;
         };
         if new == ZERO {
             if branch == production_branch {
@@ -85,6 +103,9 @@ pub fn decide(input: &str, production_branch: &str) -> Result<Vec<Update>, Updat
                 commit: new.to_owned(),
             });
         }
+    }
+    if !refused.is_empty() {
+        return Err(UpdateError::NotBranch(refused.join(", ")));
     }
     Ok(updates)
 }
@@ -145,10 +166,31 @@ mod tests {
 
     #[test]
     fn one_refused_ref_refuses_the_push() {
-        let tag = format!("{ZERO} {A} refs/heads/main\n{ZERO} {A} refs/tags/v1\n");
+        let tag = format!(
+            "{ZERO} {A} refs/heads/main\n{ZERO} {A} refs/tags/v1\n{B} {ZERO} refs/tags/v0\n"
+        );
         assert_eq!(
             decide(&tag, "main"),
-            Err(UpdateError::NotBranch("refs/tags/v1".into()))
+            Ok(vec![
+                Update::Branch {
+                    branch: "main".into(),
+                    commit: A.into()
+                },
+                Update::Tag {
+                    tag: "v1".into(),
+                    deleted: false
+                },
+                Update::Tag {
+                    tag: "v0".into(),
+                    deleted: true
+                },
+            ])
+        );
+        let others =
+            format!("{ZERO} {A} refs/heads/main\n{ZERO} {A} refs/notes/x\n{ZERO} {A} HEAD\n");
+        assert_eq!(
+            decide(&others, "main"),
+            Err(UpdateError::NotBranch("`refs/notes/x`, `HEAD`".into()))
         );
         let delete = format!("{A} {ZERO} refs/heads/main\n");
         assert_eq!(
