@@ -906,3 +906,51 @@ fn a_build_step_over_its_memory_or_process_limit_is_killed_and_the_next_build_wo
     assert_ok(&host.push(&app, &["main"]));
     assert_eq!(host.get(&host.name), (200, "after\n".to_owned()));
 }
+
+#[test]
+fn an_app_that_only_exposes_its_port_is_served_and_a_wrong_port_says_how_to_fix_it() {
+    let host = Host::with(&["--drain", "1", "--health-timeout", "7"]);
+    let app = host.scratch.path("app");
+    work_tree(
+        &host.alice,
+        &app,
+        &[
+            (
+                "Dockerfile",
+                "FROM slipway-test/busybox:latest\nCOPY . /www\nEXPOSE 3000\nCMD exec httpd -f -p 3000 -h /www\n",
+            ),
+            ("index.html", "on 3000\n"),
+        ],
+    );
+    assert_ok(&host.push(&app, &["main"]));
+    assert_eq!(host.get(&host.name), (200, "on 3000\n".to_owned()));
+
+    // It listens elsewhere than it says: the push waits with progress lines, then names the
+    // port it tried, where that came from and what to change.
+    commit(
+        &host.alice,
+        &app,
+        &[(
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\nCOPY . /www\nEXPOSE 3000\nCMD exec httpd -f -p 3001 -h /www\n",
+        )],
+        "wrong port",
+    );
+    let push = host.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains("no answer yet on port 3000 (the image's EXPOSE)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("here 3000 (from the image's EXPOSE)")
+            && said.contains(&format!("set `spec.port` of webspace `{}`", host.name)),
+        "{said}"
+    );
+    assert_eq!(
+        host.get(&host.name),
+        (200, "on 3000\n".to_owned()),
+        "the previous release keeps serving"
+    );
+}

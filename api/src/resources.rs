@@ -306,6 +306,11 @@ pub struct ReleaseSpec {
     pub image: String,
     /// SHA256 fingerprint of the key that pushed.
     pub pusher: String,
+    /// The port the image says it listens on (its one exposed TCP port, from `EXPOSE` in the
+    /// Dockerfile or its base image); used when neither the Webspace nor its Runtime names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
 }
 
 /// Annotation on a Release: when the hook staged it, to the nanosecond (RFC 3339). Releases

@@ -114,6 +114,25 @@ pub async fn exists(docker: &Docker, image: &str) -> bool {
     docker.inspect_image(image).await.is_ok()
 }
 
+/// The one TCP port `image` exposes (`EXPOSE`, its own or its base image's); `None` when it
+/// exposes none or several.
+pub async fn exposed_port(docker: &Docker, image: &str) -> Option<u16> {
+    let config = docker.inspect_image(image).await.ok()?.config?;
+    let ports = config.exposed_ports.unwrap_or_default();
+    let tcp: Vec<u16> = ports
+        .iter()
+        .filter_map(|p| match p.split_once('/') {
+            Some((port, "tcp")) => port.parse().ok(),
+            Some(_) => None,
+            None => p.parse().ok(),
+        })
+        .collect();
+    match tcp.as_slice() {
+        [port] if *port > 0 => Some(*port),
+        _ => None,
+    }
+}
+
 /// The `ONBUILD` triggers of base image `reference`, pulling it first when the engine does not
 /// have it (the build would pull it anyway). `None` when it cannot be had: the build then says
 /// why.

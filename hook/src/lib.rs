@@ -62,6 +62,9 @@ pub struct Config {
     pub limits: build::Limits,
 }
 
+/// How often a release that does not answer yet is reported while the push waits for it.
+const WAITING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest hook input read: one line per ref, and nobody pushes 10,000 refs to a webspace.
 const MAX_INPUT: usize = 1 << 20;
 
@@ -255,12 +258,14 @@ async fn build_all(
                 }
             }
         }
+        let port = build::exposed_port(docker, &image).await;
         built.push(Built {
             branch: plan.branch,
             commit: plan.commit,
             tree: plan.tree,
             tag: plan.tag,
             image,
+            port,
             fresh,
         });
     }
@@ -305,6 +310,8 @@ struct Built {
     tree: String,
     tag: String,
     image: String,
+    /// The one port the image exposes, if it does.
+    port: Option<u16>,
     /// Built by this push (not found built): a refused push removes it again.
     fresh: bool,
 }
@@ -434,7 +441,7 @@ async fn stage(
     config: &Config,
     reporter: &Reporter,
 ) -> Result<Release, ()> {
-    let release = release::staged(
+    let mut release = release::staged(
         &config.webspace,
         &built.branch,
         &built.commit,
@@ -442,6 +449,7 @@ async fn stage(
         image,
         &config.pusher,
     );
+    release.spec.port = built.port;
     let name = release.metadata.name.clone().unwrap_or_default();
     store
         .put(&release)
@@ -497,13 +505,29 @@ async fn start_unrouted(
     )
     .await
     .map_err(|e| reporter.failure("the server cannot start the release", &e))?;
-    let probe = driver::wait_ready(
+    let (_, port_from) = slipway_operator::desired::port(webspace, &runtimes, release);
+    let waiting = driver::wait_ready(
         docker,
         &container,
         &config.health_path,
         config.health_timeout,
-    )
-    .await;
+    );
+    tokio::pin!(waiting);
+    // Not 30 s of silence: a line every few seconds while the app does not answer yet.
+    let started = std::time::Instant::now();
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + WAITING_EVERY, WAITING_EVERY);
+    let probe = loop {
+        tokio::select! {
+            probe = &mut waiting => break probe,
+            _ = progress.tick() => reporter.say(&format!(
+                "slipway: `{branch}`: no answer yet on port {} ({port_from}), {} s of {} s",
+                deployment.port,
+                started.elapsed().as_secs(),
+                config.health_timeout.as_secs()
+            )),
+        }
+    };
     match probe {
         Ok(status) => {
             reporter.say(&format!(
@@ -520,9 +544,10 @@ async fn start_unrouted(
                     config.health_path,
                 ),
                 Some(&format!(
-                    "the app must listen on $PORT ({}) and answer `{}` with HTTP 200-399",
+                    "the app must listen on $PORT, here {} (from {port_from}), and answer `{}` with HTTP 200-399; if it listens on another port, set `spec.port` of webspace `{}` to it (or EXPOSE that one port in the Dockerfile)",
                     deployment.port,
-                    config.health_path
+                    config.health_path,
+                    config.webspace
                 )),
             );
             if !logs.is_empty() {

@@ -57,6 +57,7 @@ pub fn staged(
             tree: tree.to_owned(),
             image: image.to_owned(),
             pusher: pusher.to_owned(),
+            port: None,
         },
     );
     release.metadata.annotations = Some(std::collections::BTreeMap::from([(

@@ -44,6 +44,53 @@ pub struct Deployment {
     pub max_body: Option<u64>,
 }
 
+/// Where a release's port comes from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortFrom {
+    /// The Webspace's `spec.port`.
+    Webspace,
+    /// The Webspace's Runtime, by name.
+    Runtime(String),
+    /// The image's one exposed port (`EXPOSE`).
+    Expose,
+    /// Nothing named one: [`DEFAULT_PORT`].
+    Default,
+}
+
+impl std::fmt::Display for PortFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortFrom::Webspace => write!(f, "the webspace's `spec.port`"),
+            PortFrom::Runtime(name) => write!(f, "runtime `{name}`"),
+            PortFrom::Expose => write!(f, "the image's EXPOSE"),
+            PortFrom::Default => write!(f, "the default"),
+        }
+    }
+}
+
+/// The port `release` of `webspace` listens on (also its `PORT`): the Webspace's `spec.port`,
+/// else its Runtime's port, else the image's one exposed port, else [`DEFAULT_PORT`].
+pub fn port(webspace: &Webspace, runtimes: &[Runtime], release: &Release) -> (u16, PortFrom) {
+    if let Some(port) = webspace.spec.port {
+        return (port, PortFrom::Webspace);
+    }
+    let runtime = webspace.spec.runtime.as_deref().and_then(|r| {
+        runtimes
+            .iter()
+            .find(|rt| rt.metadata.name.as_deref() == Some(r))
+    });
+    if let Some(runtime) = runtime {
+        return (
+            runtime.spec.port,
+            PortFrom::Runtime(runtime.metadata.name.clone().unwrap_or_default()),
+        );
+    }
+    match release.spec.port {
+        Some(port) => (port, PortFrom::Expose),
+        None => (DEFAULT_PORT, PortFrom::Default),
+    }
+}
+
 /// The newest of `releases` per (webspace, branch), by [`Release::order`].
 pub fn newest_per_branch<'a>(
     releases: impl IntoIterator<Item = &'a Release>,
@@ -106,13 +153,7 @@ pub fn desired(
     .into_iter()
     .filter_map(|((name, branch), release)| {
         let webspace = by_name.get(name)?;
-        let runtime_port = webspace.spec.runtime.as_deref().and_then(|r| {
-            runtimes
-                .iter()
-                .find(|rt| rt.metadata.name.as_deref() == Some(r))
-                .map(|rt| rt.spec.port)
-        });
-        let port = webspace.spec.port.or(runtime_port).unwrap_or(DEFAULT_PORT);
+        let (port, _) = port(webspace, runtimes, release);
         let mut env = webspace.spec.env.clone();
         env.insert("PORT".to_owned(), port.to_string());
         Some(Deployment {
@@ -156,6 +197,7 @@ mod tests {
                 tree: "t".into(),
                 image: format!("registry/{webspace}:{name}"),
                 pusher: "SHA256:x".into(),
+                port: None,
             },
         );
         release.metadata.creation_timestamp =

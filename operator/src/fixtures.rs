@@ -11,5 +11,6 @@ pub fn release_spec() -> ReleaseSpec {
         tree: "t".into(),
         image: "i".into(),
         pusher: "p".into(),
+        port: None,
     }
 }

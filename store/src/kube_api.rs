@@ -434,6 +434,7 @@ mod tests {
                 tree: "t".into(),
                 image: "registry/blog@sha256:00".into(),
                 pusher: "SHA256:x".into(),
+                port: None,
             },
         );
         release.status = Some(ReleaseStatus {

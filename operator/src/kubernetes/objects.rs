@@ -583,6 +583,7 @@ pub(crate) mod tests {
                     name.len()
                 ),
                 pusher: "SHA256:key".into(),
+                port: None,
             },
         );
         release.metadata.creation_timestamp = Some(
