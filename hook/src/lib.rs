@@ -785,8 +785,7 @@ fn screen(
     let blob = repository
         .find_blob(blob)
         .map_err(|e| reporter.failure("the server cannot read the pushed objects", &e))?;
-    let text = String::from_utf8_lossy(blob.content());
-    policy::scan(&text).map_err(|refusal| {
+    policy::scan(blob.content()).map_err(|refusal| {
         reporter.error(&format!("`{branch}`: {refusal}"), Some(refusal.hint));
     })
 }
@@ -831,25 +830,43 @@ async fn check_images(
                 tokio::net::lookup_host(target),
             )
             .await;
-            if let Ok(Ok(addresses)) = resolved {
-                let addresses: Vec<_> = addresses.collect();
-                if addresses.iter().any(|a| !policy::is_public(a.ip())) {
-                    refuse(&format!(
-                        "registry `{host}` is on this server's network, not the internet"
-                    ));
+            // Fails closed: a name that does not resolve now cannot be shown to be public.
+            let addresses: Vec<_> = match resolved {
+                Ok(Ok(addresses)) => addresses.collect(),
+                _ => {
+                    refuse(&format!("registry `{host}` cannot be resolved"));
                     return Err(());
                 }
+            };
+            if addresses.is_empty() || addresses.iter().any(|a| !policy::is_public(a.ip())) {
+                refuse(&format!(
+                    "registry `{host}` is on this server's network, not the internet"
+                ));
+                return Err(());
             }
         }
-        if let Some(triggers) = build::onbuild_triggers(docker, &image.reference).await
-            && !triggers.is_empty()
-        {
-            refuse(&format!(
-                "base image `{}` has ONBUILD triggers ({}), which this server does not run",
-                image.reference,
-                triggers.join("; ")
-            ));
-            return Err(());
+        // Fails closed: a base image that cannot be inspected cannot be shown to have no
+        // triggers (and the build could not use it either).
+        match build::onbuild_triggers(docker, &image.reference).await {
+            None => {
+                reporter.error(
+                    &format!(
+                        "`{}`: the Dockerfile's line {}: base image `{}` cannot be pulled",
+                        plan.branch, image.line, image.reference
+                    ),
+                    Some("check the image's name and tag; this server pulls public images from their registry"),
+                );
+                return Err(());
+            }
+            Some(triggers) if !triggers.is_empty() => {
+                refuse(&format!(
+                    "base image `{}` has ONBUILD triggers ({}), which this server does not run",
+                    image.reference,
+                    triggers.join("; ")
+                ));
+                return Err(());
+            }
+            Some(_) => {}
         }
     }
     Ok(())

@@ -56,6 +56,8 @@ const FETCH_HINT: &str = "fetch it in a RUN step (RUN wget ... or curl ...): bui
 const MOUNT_HINT: &str = "cache, secret and SSH mounts are shared or unavailable on this build engine; install dependencies in a RUN step";
 const IMAGE_HINT: &str =
     "build FROM a public image or one of this webspace's own images, named literally";
+const LITERAL_HINT: &str =
+    "write image names, sources and flags as plain words: no quotes, backslashes or special spaces";
 const DIRECTIVE_HINT: &str =
     "remove the parser directive: this server builds with its own Dockerfile frontend";
 
@@ -75,7 +77,9 @@ fn instructions(text: &str) -> Vec<Instruction> {
     for (index, raw) in text.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let trimmed = line.trim_start();
-        if trimmed.starts_with('#') || (current.is_none() && trimmed.is_empty()) {
+        // Comment lines are skipped, inside a continuation too, and so are blank lines:
+        // BuildKit joins the lines around them.
+        if trimmed.starts_with('#') || trimmed.is_empty() {
             continue;
         }
         let (body, continues) = match line.trim_end().strip_suffix('\\') {
@@ -106,6 +110,12 @@ impl Instruction {
     }
 }
 
+/// Whether `text` can be read without a shell's quoting and escaping, which BuildKit applies
+/// to image names, sources, flags and `ARG` values: no quotes, no backslash.
+fn literal(text: &str) -> bool {
+    !text.contains(['\'', '"', '\\'])
+}
+
 /// The leading `--name=value` flags of an instruction's arguments, and the rest.
 fn flags(arguments: &str) -> (Vec<(String, String)>, &str) {
     let mut rest = arguments;
@@ -124,7 +134,30 @@ fn flags(arguments: &str) -> (Vec<(String, String)>, &str) {
 ///
 /// # Errors
 /// The first instruction this server does not build.
-pub fn scan(text: &str) -> Result<Vec<ImageUse>, Refusal> {
+pub fn scan(bytes: &[u8]) -> Result<Vec<ImageUse>, Refusal> {
+    let unreadable = |line: usize, message: &str| Refusal {
+        line,
+        message: message.to_owned(),
+        hint: LITERAL_HINT,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        unreadable(line, "the Dockerfile is not UTF-8 text")
+    })?;
+    // What BuildKit reads differently from plain text: a byte-order mark it strips, and the two
+    // characters it takes for spaces between words.
+    for (index, line) in text.lines().enumerate() {
+        if line.contains(['\u{feff}', '\u{85}', '\u{a0}']) {
+            return Err(unreadable(
+                index + 1,
+                "a byte-order mark or a non-breaking or next-line space",
+            ));
+        }
+    }
     for (index, line) in text.lines().enumerate() {
         let comment = line.trim_start();
         if let Some(directive) = comment.strip_prefix('#') {
@@ -164,17 +197,43 @@ pub fn scan(text: &str) -> Result<Vec<ImageUse>, Refusal> {
         } else {
             (instruction.keyword.clone(), instruction.arguments.clone())
         };
+        if flags(&body)
+            .0
+            .iter()
+            .any(|(name, value)| !literal(name) || !literal(value))
+        {
+            return Err(refuse(
+                format!("{keyword}: its flags must be plain words"),
+                LITERAL_HINT,
+            ));
+        }
         match keyword.as_str() {
             "ARG" if !seen_from => {
                 for declaration in body.split_whitespace() {
                     if let Some((name, value)) = declaration.split_once('=') {
-                        arguments.insert(name.to_owned(), value.trim_matches('"').to_owned());
+                        // Not literal: kept out, so a FROM that uses it is refused.
+                        if literal(value) {
+                            arguments.insert(name.to_owned(), value.to_owned());
+                        }
                     }
                 }
             }
             "FROM" => {
                 seen_from = true;
-                let (_, rest) = flags(&body);
+                let (flags, rest) = flags(&body);
+                // `--platform` would have the engine resolve another image than the one checked.
+                if let Some((name, _)) = flags.first() {
+                    return Err(refuse(
+                        format!("FROM --{name} is not allowed on this server"),
+                        IMAGE_HINT,
+                    ));
+                }
+                if !literal(rest) {
+                    return Err(refuse(
+                        format!("FROM `{rest}`: the image must be named literally"),
+                        LITERAL_HINT,
+                    ));
+                }
                 let mut words = rest.split_whitespace();
                 let reference = words.next().unwrap_or("");
                 let reference = expand(reference, &arguments).ok_or_else(|| {
@@ -205,7 +264,7 @@ pub fn scan(text: &str) -> Result<Vec<ImageUse>, Refusal> {
                     || sources.contains("://")
                     || sources.contains("git@")
                     || sources.contains('$')
-                    || sources.contains("\\u")
+                    || !literal(sources)
                 {
                     return Err(refuse(
                         "ADD from a URL, a git repository or a variable is not allowed on this server".into(),
@@ -295,7 +354,6 @@ fn use_image(
     stages: &[String],
     images: &mut Vec<ImageUse>,
 ) -> Result<(), Refusal> {
-    let value = value.trim_matches('"');
     if value.contains('$') {
         return Err(Refusal {
             line,
@@ -328,7 +386,7 @@ fn mount(
         message,
         hint: MOUNT_HINT,
     };
-    if value.contains('$') || value.contains('"') || value.contains('\'') {
+    if value.contains('$') {
         return Err(refuse(format!(
             "RUN --mount={value}: mounts must be written literally"
         )));
@@ -365,6 +423,16 @@ pub fn foreign(reference: &str, owner: &Owner<'_>) -> Option<String> {
         ));
     }
     let name = lower.split('@').next().unwrap_or(&lower);
+    // Docker Hub's names for a plain `NAME` resolve to the same local tags.
+    let name = [
+        "docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+        "registry-1.docker.io/",
+    ]
+    .iter()
+    .find_map(|prefix| name.strip_prefix(prefix))
+    .unwrap_or(name);
     let (host, path) = match name.split_once('/') {
         Some((first, rest))
             if first.contains('.') || first.contains(':') || first == "localhost" =>
@@ -380,7 +448,7 @@ pub fn foreign(reference: &str, owner: &Owner<'_>) -> Option<String> {
             let ours = owner.registry.is_some_and(|r| r.eq_ignore_ascii_case(host));
             // Webspace names are DNS labels, so a webspace's repository is one path component;
             // deeper paths are base images an operator put there (`REGISTRY/org/base`).
-            if (ours && own(owner.webspace)) || repository.contains('/') {
+            if ours && (own(owner.webspace) || repository.contains('/')) {
                 return None;
             }
             let bare = host
@@ -452,11 +520,11 @@ mod tests {
     use super::*;
 
     fn refused(text: &str) -> Refusal {
-        scan(text).expect_err(text)
+        scan(text.as_bytes()).expect_err(text)
     }
 
     fn images(text: &str) -> Vec<String> {
-        scan(text)
+        scan(text.as_bytes())
             .unwrap_or_else(|e| panic!("{text}: {e}"))
             .into_iter()
             .map(|i| i.reference)
@@ -481,7 +549,7 @@ mod tests {
             let refusal = refused(text);
             assert_eq!(refusal.hint, FETCH_HINT, "{text}");
         }
-        assert!(scan("FROM busybox\nADD app.tar.gz /app\nCOPY . /src\n").is_ok());
+        assert!(scan(b"FROM busybox\nADD app.tar.gz /app\nCOPY . /src\n").is_ok());
     }
 
     #[test]
@@ -499,10 +567,10 @@ mod tests {
             "#escape=`\nFROM busybox\n",
             "FROM busybox\nRUN \\\n --mount=type=cache,target=/x true\n",
         ] {
-            assert!(scan(text).is_err(), "{text}");
+            assert!(scan(text.as_bytes()).is_err(), "{text}");
         }
         assert!(
-            scan("FROM busybox\nRUN --mount=type=tmpfs,target=/tmp --mount=target=/src true\nRUN --network=none true\n")
+            scan(b"FROM busybox\nRUN --mount=type=tmpfs,target=/tmp --mount=target=/src true\nRUN --network=none true\n")
                 .is_ok()
         );
     }
@@ -525,6 +593,45 @@ mod tests {
         }
     }
 
+    /// What BuildKit reads differently from a loose reading: each of these hid an instruction
+    /// or an image from an earlier version of the scanner (found by review).
+    #[test]
+    fn what_buildkit_would_read_otherwise_is_refused() {
+        for text in [
+            "FROM busybox\nADD \\\n\nhttp://169.254.169.254/latest/meta-data/ /m\n",
+            "FROM busybox\nRUN \\\n\n--mount=type=cache,target=/root/.npm true\n",
+            "\u{feff}FROM slipway/shop\n",
+            "\u{feff}# escape=`\nFROM busybox\n",
+            "FROM busybox\nRUN --mo\\unt=type=ca\\che,target=/c true\n",
+            "FROM busybox\nCOPY --from='slipway/shop' /app /x\n",
+            "FROM busybox\nCOPY --from=slip\"way/sh\"op /app /x\n",
+            "FROM busybox\nRUN --mount=from=slip\\way/shop,target=/x true\n",
+            "FROM busybox\nADD --chown=0\u{85}http://127.0.0.1/x /x\n",
+            "FROM busybox\nADD [\"http:\\/\\/127.0.0.1:2375/x\",\"/x\"]\n",
+            "FROM busybox\nADD \"http:\"//169.254.169.254/ /m\n",
+            "FROM 'slipway/shop'\n",
+            "FROM slip\\way/shop\n",
+            "ARG B='slipway/shop'\nFROM $B\n",
+            "FROM 127.0.0.1:50\"\"00/shop\n",
+            "FROM --platform=linux/arm64 attacker/trig AS t\n",
+        ] {
+            assert!(scan(text.as_bytes()).is_err(), "{text:?}");
+        }
+        assert!(scan(b"FROM busybox\nRUN echo \xff\n").is_err(), "not UTF-8");
+        // Read through the blank line, the image is seen (and then checked like any other).
+        assert_eq!(
+            images("FROM busybox\nCOPY \\\n   \n--from=slipway/shop /app /x\n"),
+            ["busybox", "slipway/shop"]
+        );
+        assert!(
+            scan(
+                "FROM busybox\nLABEL maintainer=Jos\u{e9}\nRUN echo 'quoted' \"fine\"\n".as_bytes()
+            )
+            .is_ok(),
+            "quotes and non-ASCII in a RUN command or a label are the shell's business"
+        );
+    }
+
     #[test]
     fn other_webspaces_images_are_foreign() {
         let owner = Owner {
@@ -545,13 +652,16 @@ mod tests {
             "2130706433:5000/shop",
             "0x7f.1:5000/shop",
             "x.localhost:5000/shop",
+            "localhost:5000/base/node:22",
+            "docker.io/slipway/shop",
+            "index.docker.io/slipway/shop:1",
+            "docker.io/library/slipway/shop",
         ] {
             assert!(foreign(reference, &owner).is_some(), "{reference}");
         }
         for reference in [
             "127.0.0.1:5000/blog:abc",
             "127.0.0.1:5000/slipway-test/busybox:latest",
-            "localhost:5000/base/node:22",
             "busybox",
             "node:22-slim",
             "ghcr.io/org/image:1",
