@@ -227,6 +227,9 @@ struct RouterLimits {
     /// Seconds a write to a client may make no progress.
     #[arg(long, env = "SLIPWAY_ROUTER_WRITE_TIMEOUT", default_value_t = slipway_operator::router::WRITE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     router_write_timeout: u64,
+    /// Seconds an upgraded (WebSocket) connection may carry no byte either way.
+    #[arg(long, env = "SLIPWAY_ROUTER_TUNNEL_IDLE_TIMEOUT", default_value_t = slipway_operator::router::TUNNEL_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    router_tunnel_idle_timeout: u64,
     /// Seconds connecting to an app may take.
     #[arg(long, env = "SLIPWAY_ROUTER_CONNECT_TIMEOUT", default_value_t = slipway_operator::router::CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     router_connect_timeout: u64,
@@ -252,6 +255,7 @@ impl RouterLimits {
             idle_timeout: Duration::from_secs(self.router_idle_timeout),
             body_timeout: Duration::from_secs(self.router_body_timeout),
             write_timeout: Duration::from_secs(self.router_write_timeout),
+            tunnel_idle_timeout: Duration::from_secs(self.router_tunnel_idle_timeout),
             connect_timeout: Duration::from_secs(self.router_connect_timeout),
             response_timeout: Duration::from_secs(self.router_response_timeout),
             max_connections: self.router_max_connections,

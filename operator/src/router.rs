@@ -173,6 +173,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// [`WRITE_TIMEOUT`].
     pub write_timeout: Duration,
+    /// [`TUNNEL_IDLE_TIMEOUT`].
+    pub tunnel_idle_timeout: Duration,
     /// [`CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
     /// [`RESPONSE_TIMEOUT`].
@@ -199,6 +201,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a write to a client may make no progress (nginx's `send_timeout` default). A client
 /// that stops reading is closed, and with it the backend connection it held.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an upgraded (WebSocket) connection may carry no byte either way: it keeps its place
+/// under the connection caps while it lives, so an idle one cannot be kept forever. Ten minutes
+/// outlast every WebSocket library's ping interval.
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long connecting to a backend may take: an app that is up accepts at once.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a backend may take to start its response (long reports, slow uploads' processing).
@@ -222,6 +228,7 @@ impl Default for Limits {
             idle_timeout: IDLE_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
+            tunnel_idle_timeout: TUNNEL_IDLE_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
             response_timeout: RESPONSE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
@@ -249,6 +256,21 @@ struct Admission {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
+/// The source a connection counts against: its IPv4 address, or its IPv6 /64 (one host's
+/// usual allocation, whose 2^64 addresses would otherwise each get the full cap).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
 struct Admitted {
@@ -259,6 +281,7 @@ struct Admitted {
 impl Admission {
     /// A place for a connection from `source`, or why there is none.
     fn admit(self: &Arc<Self>, source: IpAddr, limits: &Limits) -> Result<Admitted, &'static str> {
+        let source = source_key(source);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (total, by_source) = &mut *open;
         let from_source = by_source.get(&source).copied().unwrap_or(0);
@@ -436,7 +459,9 @@ impl Thread {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let phase = Arc::new(io::Phase::default());
         let socket = io::Timed::new(stream, phase.clone(), self.limits.clone());
+        let ticket: Arc<dyn std::any::Any + Send + Sync> = Arc::new(admitted);
         let proxy = proxy::Proxy::new(
+            ticket,
             peer.ip(),
             CachedRoutes::new(self.table.clone()),
             phase,
@@ -459,7 +484,20 @@ impl Thread {
             if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "client connection ended");
             }
-            drop(admitted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_counts_as_one_source_per_64() {
+        let key = |text: &str| source_key(text.parse().expect("address"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
     }
 }

@@ -319,12 +319,12 @@ async fn an_upgrade_becomes_a_tunnel() {
         let mut pending = Vec::new();
         let head = read_head(&mut stream, &mut pending).await;
         assert!(
-            head.contains("Upgrade: echo\r\n") && head.contains("Connection: upgrade\r\n"),
+            head.contains("Upgrade: websocket\r\n") && head.contains("Connection: upgrade\r\n"),
             "{head}"
         );
         stream
             .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             )
             .await
             .expect("101");
@@ -341,13 +341,13 @@ async fn an_upgrade_becomes_a_tunnel() {
         router(Routes::from([("app.localhost".to_owned(), app.into())])).await;
     let mut client = connect(address).await;
     client
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: app.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: app.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .expect("upgrade");
     let mut pending = Vec::new();
     let head = read_head(&mut client, &mut pending).await;
     assert!(
-        head.starts_with("HTTP/1.1 101 ") && head.contains("Upgrade: echo"),
+        head.starts_with("HTTP/1.1 101 ") && head.contains("Upgrade: websocket"),
         "{head}"
     );
     for word in [&b"ping"[..], b"pong", b"not http at all\r\n\r\n"] {

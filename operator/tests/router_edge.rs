@@ -499,7 +499,7 @@ async fn connection_cannot_remove_framing_or_host_and_forwarding_headers_are_the
     }
     // Spoofed forwarding headers are replaced by the router's own.
     let spoof = format!(
-        "GET /who HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: bank.example\r\nX-Forwarded-Port: 443\r\nForwarded: for=10.0.0.1;proto=https\r\nX-Real-IP: 10.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET /who HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: bank.example\r\nX-Forwarded-Port: 443\r\nForwarded: for=10.0.0.1;proto=https\r\nX-Real-IP: 10.0.0.1\r\nX_Forwarded_For: 10.0.0.2\r\nX_Real_IP: 10.0.0.2\r\nConnection: close\r\n\r\n"
     );
     let before = shared.lock().expect("record").requests.len();
     assert_eq!(statuses(&send(address, spoof.as_bytes()).await), [200]);
@@ -511,6 +511,10 @@ async fn connection_cannot_remove_framing_or_host_and_forwarding_headers_are_the
     assert!(seen.header("x-forwarded-port").is_empty(), "{seen:?}");
     assert!(seen.header("forwarded").is_empty(), "{seen:?}");
     assert!(seen.header("x-real-ip").is_empty(), "{seen:?}");
+    assert!(
+        seen.header("x_forwarded_for").is_empty() && seen.header("x_real_ip").is_empty(),
+        "CGI servers read underscores as dashes: {seen:?}"
+    );
     shutdown.cancel();
 }
 
@@ -905,4 +909,91 @@ async fn ambiguous_responses_never_desync_the_client_connection() {
         }
         shutdown.cancel();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_websocket_upgrades_pass_and_tunnels_keep_their_place_until_idle() {
+    let (echo, _) = raw_backend(|mut stream| async move {
+        let mut pending = Vec::new();
+        let head = read_head(&mut stream, &mut pending).await;
+        if !head.contains("Upgrade: websocket") {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+                .await;
+            return;
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await;
+        let mut buffer = [0u8; 64];
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 || stream.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (address, _table, shutdown) = router_with(
+        Routes::from([(HOST.to_owned(), echo.into())]),
+        Limits {
+            max_connections_per_source: 2,
+            tunnel_idle_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        },
+    )
+    .await;
+    // Another protocol is not switched to: the app gets a plain request.
+    let answer = send(
+        address,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("plain"),
+        "{answer}"
+    );
+    // Two tunnels from one address hold its two places.
+    let source: IpAddr = [127, 0, 0, 6].into();
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut tunnel = connect_from(source, address).await;
+        tunnel
+            .write_all(
+                format!("GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("upgrade");
+        let mut pending = Vec::new();
+        let head = read_head(&mut tunnel, &mut pending).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        tunnel.write_all(b"ping").await.expect("ping");
+        assert_eq!(
+            read_until(&mut tunnel, &mut pending, b"ping").await,
+            b"ping"
+        );
+        tunnels.push(tunnel);
+    }
+    let mut third = connect_from(source, address).await;
+    let answer = read_to_close(&mut third, &mut Vec::new()).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503 "),
+        "a tunnel keeps its connection's place: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Idle tunnels are closed (read_to_close returns only when the router closed them), and
+    // their places come back.
+    for tunnel in &mut tunnels {
+        read_to_close(tunnel, &mut Vec::new()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = connect_from(source, address).await;
+    again
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let head = read_head(&mut again, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    shutdown.cancel();
 }

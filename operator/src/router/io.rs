@@ -10,8 +10,10 @@
 //! - [`Phase::IDLE`]: between requests. The connection is closed after the idle timeout.
 //! - [`Phase::BODY`]: a request body is being read. Each read must bring bytes within the body
 //!   timeout (a slow upload of a large file is fine, a stalled one is not).
-//! - [`Phase::WAIT`] and [`Phase::TUNNEL`]: the request is read; the backend answers, or the
-//!   connection switched protocols. Reads only notice that the client went away.
+//! - [`Phase::WAIT`]: the request is read; the backend answers. Reads only notice that the
+//!   client went away.
+//! - [`Phase::TUNNEL`]: the connection switched protocols (WebSocket); closed when no byte went
+//!   either way for the tunnel idle timeout.
 //!
 //! Writes have a deadline in every phase: a write that makes no progress within the write
 //! timeout fails, so a client that stops reading cannot pin the connection (and the backend
@@ -114,6 +116,7 @@ impl Timed {
             Phase::HEAD => self.limits.head_timeout,
             Phase::IDLE => self.limits.idle_timeout,
             Phase::BODY => self.limits.body_timeout,
+            Phase::TUNNEL => self.limits.tunnel_idle_timeout,
             _ => return None,
         };
         Some((self.since + timeout, phase))
@@ -155,8 +158,8 @@ impl AsyncRead for Timed {
                     match this.phase.get() {
                         // The first byte of a head: its deadline starts now.
                         Phase::IDLE => this.phase.set(Phase::HEAD),
-                        // Progress: the next read has the whole body timeout again.
-                        Phase::BODY => this.since = Instant::now(),
+                        // Progress: the next read has the whole timeout again.
+                        Phase::BODY | Phase::TUNNEL => this.since = Instant::now(),
                         _ => {}
                     }
                 }
@@ -179,6 +182,7 @@ impl AsyncRead for Timed {
                         Poll::Ready(Err(timed_out("request head too slow")))
                     }
                     Phase::IDLE => Poll::Ready(Err(timed_out("idle"))),
+                    Phase::TUNNEL => Poll::Ready(Err(timed_out("tunnel idle"))),
                     _ => Poll::Ready(Err(timed_out("request body stalled"))),
                 }
             }
@@ -197,6 +201,10 @@ impl Timed {
         match poll(Pin::new(stream), cx) {
             Poll::Ready(result) => {
                 self.write_since = None;
+                // Bytes from the app to a tunnel's client keep the tunnel alive too.
+                if self.phase.get() == Phase::TUNNEL && self.seen == Phase::TUNNEL {
+                    self.since = Instant::now();
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => {

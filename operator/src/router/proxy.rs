@@ -64,8 +64,9 @@ const GATEWAY_TIMEOUT: &str = "504: the app did not answer in time\n";
 #[derive(Clone, Debug)]
 pub(super) struct Proxy(Arc<Connection>);
 
-#[derive(Debug)]
 struct Connection {
+    /// The connection's place under the caps (`Admitted`), kept by a tunnel it turns into.
+    ticket: Arc<dyn std::any::Any + Send + Sync>,
     peer: HeaderValue,
     phase: Arc<Phase>,
     limits: Arc<Limits>,
@@ -86,8 +87,17 @@ struct Kept {
     sender: hyper::client::conn::http1::SendRequest<Upload>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Proxy {
     pub(super) fn new(
+        ticket: Arc<dyn std::any::Any + Send + Sync>,
         peer: std::net::IpAddr,
         routes: CachedRoutes,
         phase: Arc<Phase>,
@@ -97,6 +107,7 @@ impl Proxy {
         let peer = HeaderValue::try_from(peer.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self(Arc::new(Connection {
+            ticket,
             peer,
             phase,
             limits,
@@ -186,9 +197,16 @@ pub(super) fn routing_host(raw: &str) -> Option<String> {
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` with `Upgrade`).
+///
+/// Only to WebSocket: a 101 to any other protocol (`h2c`, say) would give the client a raw
+/// channel to the app in which it writes its own requests, headers and all.
 fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && tokens(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    let mut protocols = headers.get_all(header::UPGRADE).iter();
+    let websocket = protocols.next().is_some_and(|p| {
+        p.to_str()
+            .is_ok_and(|p| p.trim().eq_ignore_ascii_case("websocket"))
+    }) && protocols.next().is_none();
+    websocket && tokens(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// The comma-separated tokens of a header's values, trimmed.
@@ -224,9 +242,13 @@ fn drop_client_forwarding(headers: &mut HeaderMap) {
     for name in &CLIENT_FORWARDING {
         headers.remove(name);
     }
+    // Also under underscores: CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`.
     let posing: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("x-forwarded-"))
+        .filter(|name| {
+            let name = name.as_str().replace('_', "-");
+            name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
+        })
         .cloned()
         .collect();
     for name in posing {
@@ -318,7 +340,13 @@ impl Connection {
             };
             let backend = hyper::upgrade::on(&mut response);
             self.phase.set(Phase::TUNNEL);
-            tokio::spawn(tunnel(client, backend, self.shutdown.clone()));
+            // The tunnel holds the connection's place under the caps while it lives.
+            tokio::spawn(tunnel(
+                client,
+                backend,
+                self.shutdown.clone(),
+                self.ticket.clone(),
+            ));
             let (mut parts, _) = response.into_parts();
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             drop_hop_by_hop(&mut parts.headers);
@@ -332,7 +360,13 @@ impl Connection {
         }
         self.keep(target, sender);
         let (mut parts, body) = response.into_parts();
-        let length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+        // Kept only when the backend framed by it: with `Transfer-Encoding` too, hyper decoded
+        // the chunks and the length is a lie.
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .filter(|_| !parts.headers.contains_key(header::TRANSFER_ENCODING))
+            .cloned();
         drop_hop_by_hop(&mut parts.headers);
         // The length of a body-less answer (HEAD, 304) describes the resource: it stays. For
         // other answers it is what hyper decoded, and hyper derives the same again.
@@ -508,6 +542,7 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     shutdown: CancellationToken,
+    _ticket: Arc<dyn std::any::Any + Send + Sync>,
 ) {
     let (Ok(client), Ok(backend)) = (client.await, backend.await) else {
         return;
