@@ -3,7 +3,8 @@
 //! BuildKit in dockerd runs every `RUN` step on the engine's default bridge (`docker0`), whose
 //! NAT reaches everything the host reaches: its own services on any of its addresses, the other
 //! containers (customers' apps), private networks and the cloud metadata endpoint. `slipway up`
-//! installs two iptables chains for that bridge's subnet:
+//! installs two iptables chains for everything that comes in on that bridge (by interface, not
+//! source address, which a step with raw sockets could forge):
 //! - `SLIPWAY-BUILD-EGRESS` (from `DOCKER-USER`, the forward path Docker leaves to users): replies
 //!   pass; the resolvers of `/etc/resolv.conf` on port 53 and the operator's allowed ranges pass;
 //!   loopback, private (RFC 1918), shared (100.64/10), link-local (169.254/16: metadata),
@@ -80,7 +81,10 @@ fn iptables(args: &[&str]) -> Result<bool, EgressError> {
 
 /// Puts a jump to `chain` at the top of `from`, once.
 fn jump(from: &str, interface: &str, subnet: &str, chain: &str) -> Result<(), EgressError> {
-    let rule = ["-i", interface, "-s", subnet, "-j", chain];
+    // By interface alone: a step that forges its source address (raw sockets) must not slip
+    // past. The form with `-s SUBNET` an earlier version installed goes.
+    delete_all(from, &["-i", interface, "-s", subnet, "-j", chain])?;
+    let rule = ["-i", interface, "-j", chain];
     let mut check = vec!["-C", from];
     check.extend_from_slice(&rule);
     if !iptables(&check)? {
@@ -89,6 +93,25 @@ fn jump(from: &str, interface: &str, subnet: &str, chain: &str) -> Result<(), Eg
         iptables(&insert)?;
     }
     Ok(())
+}
+
+/// Deletes every copy of `rule` from `chain`.
+fn delete_all(chain: &str, rule: &[&str]) -> Result<(), EgressError> {
+    loop {
+        let mut check = vec!["-C", chain];
+        check.extend_from_slice(rule);
+        if !iptables(&check)? {
+            return Ok(());
+        }
+        let mut delete = vec!["-D", chain];
+        delete.extend_from_slice(rule);
+        // Another installation starting at the same moment may have deleted it first.
+        if iptables(&delete).is_err() && iptables(&check)? {
+            let mut retry = vec!["-D", chain];
+            retry.extend_from_slice(rule);
+            iptables(&retry)?;
+        }
+    }
 }
 
 /// The nameservers of `resolv` that are not on the host itself (Docker gives the default
@@ -163,7 +186,11 @@ pub fn install(
     allowed: &[String],
 ) -> Result<(), EgressError> {
     for chain in [EGRESS, HOST] {
-        if !iptables(&["-n", "-L", chain]).unwrap_or(false) {
+        // Created by whichever installation gets there first.
+        if !iptables(&["-n", "-L", chain]).unwrap_or(false)
+            && iptables(&["-N", chain]).is_err()
+            && !iptables(&["-n", "-L", chain]).unwrap_or(false)
+        {
             iptables(&["-N", chain])?;
         }
     }
@@ -263,16 +290,9 @@ pub fn remove(interface: &str, subnet: &str) -> Result<(), EgressError> {
         ("FORWARD", EGRESS),
         ("INPUT", HOST),
     ] {
-        let rule = ["-i", interface, "-s", subnet, "-j", chain];
-        loop {
-            let mut check = vec!["-C", from];
-            check.extend_from_slice(&rule);
-            if !iptables(&check)? {
-                break;
-            }
-            let mut delete = vec!["-D", from];
-            delete.extend_from_slice(&rule);
-            iptables(&delete)?;
+        if iptables(&["-n", "-L", from]).unwrap_or(false) {
+            delete_all(from, &["-i", interface, "-j", chain])?;
+            delete_all(from, &["-i", interface, "-s", subnet, "-j", chain])?;
         }
     }
     Ok(())

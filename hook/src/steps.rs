@@ -91,8 +91,9 @@ impl Layout {
 
     /// Applies `limits` to `step`, each only where it is stricter than what is set: when two
     /// installations share an engine, both watch its steps (which cannot be told apart), and the
-    /// stricter limits hold. Errors are ignored: the step may have ended meanwhile.
-    fn limit(&self, step: &str, limits: StepLimits) {
+    /// stricter limits hold. Returns whether the process limit is in place (the step may have
+    /// ended meanwhile; then it is tried again, and dropped once it is gone).
+    fn limit(&self, step: &str, limits: StepLimits) -> bool {
         let write = |controller: &str, file: &str, value: String| {
             let path = self.path(controller, step, file);
             let current = fs::read_to_string(&path).unwrap_or_default();
@@ -137,6 +138,10 @@ impl Layout {
                 );
             }
         }
+        fs::read_to_string(self.path("pids", step, "pids.max"))
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n <= limits.pids)
     }
 
     /// Whether `step` was refused a new process by its limit.
@@ -197,6 +202,17 @@ pub async fn enforce(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let layout = Layout::detect(&root);
+    let parent = match &layout {
+        Layout::V1 { root } => root.join("pids/docker"),
+        Layout::V2 { root } => root.join("docker"),
+    };
+    if !parent.is_dir() {
+        // dockerd with the systemd cgroup driver puts steps elsewhere: say so, do not pretend.
+        tracing::warn!(
+            path = %parent.display(),
+            "the engine's cgroups are not where BuildKit steps are looked for: build steps run without per-step limits"
+        );
+    }
     let mut limited = std::collections::HashSet::new();
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,8 +223,8 @@ pub async fn enforce(
         }
         let steps = layout.steps();
         for step in &steps {
-            if limited.insert(step.clone()) {
-                layout.limit(step, limits);
+            if !limited.contains(step) && layout.limit(step, limits) {
+                limited.insert(step.clone());
             }
             if layout.hit_pids_limit(step) {
                 tracing::info!(step, "a build step hit its process limit: killed");
