@@ -43,6 +43,7 @@ enum Command {
     /// Print the CustomResourceDefinitions, or write them to a directory.
     Crds(CrdsArgs),
     /// Run a git hook (invoked by the repositories' hook scripts, not by people).
+    #[command(hide = true)]
     Hook(hook::HookArgs),
 }
 

@@ -42,6 +42,31 @@ fn apply_get_delete_round_trip() {
         "{table}"
     );
 
+    // Every column has a name of its own (the display name is not a second NAME).
+    let customers = slipway(&data, &["get", "customers"]);
+    assert_ok(&customers);
+    let header = String::from_utf8_lossy(&customers.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let columns: Vec<&str> = header
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut distinct = columns.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), columns.len(), "{header}");
+    // The internal hook command is not offered to people.
+    let help = std::process::Command::new(SLIPWAY)
+        .arg("--help")
+        .output()
+        .expect("slipway --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    assert!(help.contains("apply") && !help.contains("hook"), "{help}");
+
     let yaml = slipway(&data, &["get", "customer", "alice", "-o", "yaml"]);
     assert_ok(&yaml);
     let yaml = String::from_utf8_lossy(&yaml.stdout).into_owned();

@@ -63,7 +63,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
     kind = "Customer",
     shortname = "cust",
     printcolumn = r#"{"name":"Email","type":"string","jsonPath":".spec.email"}"#,
-    printcolumn = r#"{"name":"Name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Display name","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Keys","type":"string","jsonPath":".status.conditions[?(@.type==\"KeysAvailable\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     status = "CustomerStatus"
