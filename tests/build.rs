@@ -891,3 +891,24 @@ fn a_dockerfile_cannot_reach_the_build_host_or_another_webspaces_images() {
     assert_ok(&site.push(&app, &["main"]));
     let _ = docker(&["rmi", "-f", &other, &triggered]);
 }
+
+#[test]
+fn a_runtime_whose_base_image_cannot_be_pulled_says_so_not_fix_the_dockerfile() {
+    // The shipped `node` runtime builds FROM a public image; this machine (like CI) has no way
+    // to the public registry, so the pull fails: the message must say that, not "fix the
+    // Dockerfile" of a repository that has none.
+    let site = Site::new(Some("node"));
+    let app = site.app(&[(
+        "package.json",
+        "{\"name\":\"x\",\"version\":\"1.0.0\",\"scripts\":{\"start\":\"node -e 1\"}}\n",
+    )]);
+    let push = site.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(said.contains("from runtime `node`"), "{said}");
+    assert!(
+        said.contains("remote: hint: a base image could not be pulled"),
+        "{said}"
+    );
+    assert!(!said.contains("fix the Dockerfile"), "{said}");
+}

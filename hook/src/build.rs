@@ -114,6 +114,22 @@ pub async fn exists(docker: &Docker, image: &str) -> bool {
     docker.inspect_image(image).await.is_ok()
 }
 
+/// Whether a failed build could not get a base image (a name that does not exist, a registry
+/// it cannot reach).
+pub fn pull_failed(message: &str, tail: &[String]) -> bool {
+    std::iter::once(message)
+        .chain(tail.iter().map(String::as_str))
+        .any(|line| {
+            let line = line.to_ascii_lowercase();
+            line.contains("pull access denied")
+                || line.contains("failed to resolve source metadata")
+                || line.contains("manifest unknown")
+                || (line.contains("not found") && line.contains("docker.io"))
+                || line.contains("failed to do request")
+                || line.contains("no such host")
+        })
+}
+
 /// The one TCP port `image` exposes (`EXPOSE`, its own or its base image's); `None` when it
 /// exposes none or several.
 pub async fn exposed_port(docker: &Docker, image: &str) -> Option<u16> {

@@ -228,10 +228,20 @@ async fn build_all(
                     tail,
                 }) => {
                     let at = step.map(|s| format!(" at `{s}`")).unwrap_or_default();
-                    let hint = if steps::killed_in(&message, &tail) {
+                    let runtime_hint;
+                    let hint = if build::pull_failed(&message, &tail) {
+                        "a base image could not be pulled: check its name and tag; this server must reach its registry (public images need the internet)"
+                    } else if steps::killed_in(&message, &tail) {
                         "a step went over its memory or process limit; an operator can raise them with `slipway up --build-step-memory`/`--build-step-pids`"
                     } else if egress::refused_in(&tail) {
                         "builds reach the internet, not this server's network or private ranges; an operator can allow a range with `slipway up --build-allow-range CIDR`"
+                    } else if plan.dockerfile.is_some() {
+                        // No Dockerfile to fix: the repository built from a Runtime's template.
+                        runtime_hint = format!(
+                            "the app was built from {}; check that it fits that runtime (`slipway get runtimes`), or commit a Dockerfile of its own",
+                            plan.source
+                        );
+                        &runtime_hint
                     } else {
                         "fix the Dockerfile (or the app) and push again; `docker build .` reproduces it locally"
                     };
