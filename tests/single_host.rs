@@ -954,3 +954,82 @@ fn an_app_that_only_exposes_its_port_is_served_and_a_wrong_port_says_how_to_fix_
         "the previous release keeps serving"
     );
 }
+
+/// `busybox:stable`, the base image of the shipped `static` runtime and of
+/// `examples/dockerfile`: a test machine cannot pull it, so the tests' own BusyBox image stands
+/// in (the same httpd). Left in place: tests running beside this one use it too.
+fn busybox_stable() {
+    let present = Command::new("docker")
+        .args(["image", "inspect", "busybox:stable"])
+        .output()
+        .expect("docker");
+    if !present.status.success() {
+        let tagged = Command::new("docker")
+            .args(["tag", "slipway-test/busybox:latest", "busybox:stable"])
+            .output()
+            .expect("docker tag");
+        assert_ok(&tagged);
+    }
+}
+
+/// The files of `examples/NAME`, as a work tree's files.
+fn example(name: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    let mut files = Vec::new();
+    for entry in fs::read_dir(&dir).expect("example") {
+        let path = entry.expect("entry").path();
+        let text = fs::read_to_string(&path).expect("example file");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned();
+        files.push((name, text));
+    }
+    files
+}
+
+/// The README's walkthrough, step by step: a Webspace with only its customer, the static-site
+/// example pushed as is (no Dockerfile: its runtime is detected), served on its host; then the
+/// Dockerfile example on a preview branch, and the preview removed.
+#[test]
+fn the_readme_walkthrough_deploys_the_examples_as_they_are() {
+    busybox_stable();
+    let host = Host::new();
+    let site = example("static-site");
+    let files: Vec<(&str, &str)> = site.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let app = host.scratch.path("site");
+    work_tree(&host.alice, &app, &files);
+    let push = host.push(&app, &["main"]);
+    assert_ok(&push);
+    let said = stderr(&push);
+    assert!(said.contains("runtime `static`"), "{said}");
+    let page = &site
+        .iter()
+        .find(|(n, _)| n == "index.html")
+        .expect("page")
+        .1;
+    assert_eq!(host.get(&host.name), (200, page.clone()));
+
+    let dockerfile = example("dockerfile");
+    let files: Vec<(&str, &str)> = dockerfile
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let preview = host.scratch.path("dockerfile");
+    work_tree(&host.alice, &preview, &files);
+    assert_ok(&host.push(&preview, &["main:feature-x"]));
+    let page = &dockerfile
+        .iter()
+        .find(|(n, _)| n == "index.html")
+        .expect("page")
+        .1;
+    assert_eq!(
+        host.get(&format!("feature-x.{}", host.name)),
+        (200, page.clone())
+    );
+    assert_ok(&host.push(&preview, &[":feature-x"]));
+    assert_eq!(host.get(&format!("feature-x.{}", host.name)).0, 404);
+}
