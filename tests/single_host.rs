@@ -1033,3 +1033,36 @@ fn the_readme_walkthrough_deploys_the_examples_as_they_are() {
     assert_ok(&host.push(&preview, &[":feature-x"]));
     assert_eq!(host.get(&format!("feature-x.{}", host.name)).0, 404);
 }
+
+/// The runtime examples are read as the runtime they are for. Their base images come from
+/// Docker Hub, which no test machine reaches: each push goes as far as pulling it, and says so.
+#[test]
+fn each_runtime_example_is_detected_as_its_runtime() {
+    let host = Host::new();
+    for (name, runtime) in [
+        ("node", "node"),
+        ("python", "python"),
+        ("go", "go"),
+        ("php", "php"),
+    ] {
+        let files = example(name);
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        let app = host.scratch.path(name);
+        work_tree(&host.alice, &app, &files);
+        let push = host.push(&app, &["main"]);
+        let said = stderr(&push);
+        assert!(
+            said.contains(&format!("runtime `{runtime}`")),
+            "{name}: {said}"
+        );
+        if !push.status.success() {
+            assert!(
+                said.contains("a base image could not be pulled"),
+                "{name}: only the pull may fail here: {said}"
+            );
+        }
+    }
+}
