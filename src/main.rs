@@ -1,5 +1,6 @@
 //! `slipway`: a thin command-line front to the library crates.
 
+mod down;
 mod hook;
 mod probe;
 
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run everything on this host: SSH git server, builds, operator, Docker driver and router.
     Up(UpArgs),
+    /// Stop and remove what `slipway up` left running on this host (its app containers); the
+    /// data directory stays unless `--purge`.
+    Down(down::DownArgs),
     /// Run only the SSH git server (on a cluster: `--store kube`).
     GitServer(ServerArgs),
     /// Run the Kubernetes operator: Webspaces and Releases become Deployments, Services and
@@ -347,6 +351,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let rollout = rollout_settings(&args);
             serve(args.server, Some(rollout)).await
         }
+        Command::Down(args) => down::run(args).await,
         Command::GitServer(args) => serve(args, None).await,
         Command::Operator(args) => operator(args).await,
         Command::Apply(args) => apply(args).await,
@@ -375,24 +380,7 @@ async fn restrict_builds(
         .map(|range| slipway_hook::egress::parse_range(range.trim()))
         .collect::<Result<Vec<_>, _>>()
         .context("--build-allow-range")?;
-    let bridge = docker
-        .inspect_network(
-            "bridge",
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .context("cannot inspect the engine's default bridge, where builds run")?;
-    let interface = bridge
-        .options
-        .as_ref()
-        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
-        .unwrap_or_else(|| "docker0".to_owned());
-    let subnet = bridge
-        .ipam
-        .and_then(|ipam| ipam.config)
-        .and_then(|configs| configs.into_iter().find_map(|c| c.subnet))
-        .filter(|s| s.contains('.'))
-        .context("the engine's default bridge has no IPv4 subnet")?;
+    let (interface, subnet) = default_bridge(docker).await?;
     if egress == BuildEgress::Open {
         // Rules an earlier `slipway up` installed would otherwise still apply.
         if let Err(error) = slipway_hook::egress::remove(&interface, &subnet) {
@@ -412,6 +400,29 @@ async fn restrict_builds(
             format!(", and {}", allowed.join(", "))
         }
     ))
+}
+
+/// The engine's default bridge, where BuildKit runs builds' RUN steps: (interface, IPv4 subnet).
+pub(crate) async fn default_bridge(docker: &bollard::Docker) -> anyhow::Result<(String, String)> {
+    let bridge = docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .context("cannot inspect the engine's default bridge, where builds run")?;
+    let interface = bridge
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+        .unwrap_or_else(|| "docker0".to_owned());
+    let subnet = bridge
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|c| c.subnet))
+        .filter(|s| s.contains('.'))
+        .context("the engine's default bridge has no IPv4 subnet")?;
+    Ok((interface, subnet))
 }
 
 /// What `slipway up` adds to the git server: where the router listens, and the operator.
@@ -516,6 +527,12 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             "`slipway up` runs on one host with a data directory; on a cluster run `slipway git-server --store kube` and `slipway operator`"
         );
     }
+    // Held while `slipway up` runs (the kernel drops it when the process ends, however it
+    // ends): `slipway down` and a second `slipway up` on this data directory see it.
+    let _running = match rollout {
+        Some(_) => Some(down::hold(&data)?),
+        None => None,
+    };
     let store = slipway_store::AnyStore::open_as(
         args.store,
         &data,

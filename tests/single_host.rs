@@ -76,68 +76,18 @@ impl Host {
     }
 
     fn containers(&self) -> Vec<String> {
-        let output = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=dev.slipway.webspace={}", self.name),
-            ])
-            .output()
-            .expect("docker ps");
-        String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
+        containers(&format!("label=dev.slipway.webspace={}", self.name))
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
         drop(self.server.take());
-        let ids = self.containers();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-        let images = Command::new("docker")
-            .args(["image", "ls", "-q", &format!("slipway/{}", self.name)])
-            .output();
-        if let Ok(images) = images {
-            let ids: Vec<String> = String::from_utf8_lossy(&images.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rmi", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
+        remove_containers_and_images(
+            &format!("label=dev.slipway.webspace={}", self.name),
+            &format!("slipway/{}", self.name),
+        );
     }
-}
-
-fn http(port: u16, host: &str) -> (u16, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes());
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn site(host: &Host, text: &str) -> std::path::PathBuf {

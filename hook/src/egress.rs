@@ -95,14 +95,16 @@ fn jump(from: &str, interface: &str, subnet: &str, chain: &str) -> Result<(), Eg
     Ok(())
 }
 
-/// Deletes every copy of `rule` from `chain`.
-fn delete_all(chain: &str, rule: &[&str]) -> Result<(), EgressError> {
+/// Deletes every copy of `rule` from `chain`; whether there was one.
+fn delete_all(chain: &str, rule: &[&str]) -> Result<bool, EgressError> {
+    let mut found = false;
     loop {
         let mut check = vec!["-C", chain];
         check.extend_from_slice(rule);
         if !iptables(&check)? {
-            return Ok(());
+            return Ok(found);
         }
+        found = true;
         let mut delete = vec!["-D", chain];
         delete.extend_from_slice(rule);
         // Another installation starting at the same moment may have deleted it first.
@@ -208,23 +210,8 @@ pub fn install(
             ],
         )?;
     }
-    let tag = format!("slipway-allow:{instance}");
-    let listed = Command::new("iptables")
-        .args(["-w", "-S", EGRESS])
-        .output()
-        .map_err(EgressError::Spawn)?;
-    for line in String::from_utf8_lossy(&listed.stdout).lines() {
-        // `-S` prints the comment in quotes; the arguments are without them.
-        let words: Vec<&str> = line
-            .split_whitespace()
-            .map(|w| w.trim_matches('"'))
-            .collect();
-        if words.first() == Some(&"-A") && words.contains(&tag.as_str()) {
-            let mut delete = vec!["-D"];
-            delete.extend_from_slice(&words[1..]);
-            iptables(&delete)?;
-        }
-    }
+    remove_allowed(instance)?;
+    let tag = allow_tag(instance);
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     allow_resolvers(EGRESS, &resolv)?;
     for range in allowed {
@@ -263,6 +250,40 @@ pub fn install(
     Ok(())
 }
 
+/// The comment on installation `instance`'s allowed-range rules.
+fn allow_tag(instance: &str) -> String {
+    format!("slipway-allow:{instance}")
+}
+
+/// Deletes installation `instance`'s allowed-range rules (`--build-allow-range`) from the
+/// egress chain; the shared rules and the other installations' ranges stay. The number deleted
+/// (none when the chain does not exist).
+///
+/// # Errors
+/// When iptables is missing or refuses (not root).
+pub fn remove_allowed(instance: &str) -> Result<usize, EgressError> {
+    let tag = allow_tag(instance);
+    let listed = Command::new("iptables")
+        .args(["-w", "-S", EGRESS])
+        .output()
+        .map_err(EgressError::Spawn)?;
+    let mut deleted = 0;
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        // `-S` prints the comment in quotes; the arguments are without them.
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .map(|w| w.trim_matches('"'))
+            .collect();
+        if words.first() == Some(&"-A") && words.contains(&tag.as_str()) {
+            let mut delete = vec!["-D"];
+            delete.extend_from_slice(&words[1..]);
+            iptables(&delete)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// Whether a failed build's last lines look like a connection the rules refused (the hint then
 /// names the setting).
 pub fn refused_in(lines: &[String]) -> bool {
@@ -279,23 +300,24 @@ pub fn refused_in(lines: &[String]) -> bool {
     })
 }
 
-/// Removes the jumps to the chains (`--build-egress open`), so rules an earlier `slipway up`
-/// installed no longer apply.
+/// Removes the jumps to the chains (`--build-egress open`, `slipway down`), so rules an earlier
+/// `slipway up` installed no longer apply; whether there were any.
 ///
 /// # Errors
 /// When iptables is missing or refuses.
-pub fn remove(interface: &str, subnet: &str) -> Result<(), EgressError> {
+pub fn remove(interface: &str, subnet: &str) -> Result<bool, EgressError> {
+    let mut found = false;
     for (from, chain) in [
         ("DOCKER-USER", EGRESS),
         ("FORWARD", EGRESS),
         ("INPUT", HOST),
     ] {
         if iptables(&["-n", "-L", from]).unwrap_or(false) {
-            delete_all(from, &["-i", interface, "-j", chain])?;
-            delete_all(from, &["-i", interface, "-s", subnet, "-j", chain])?;
+            found |= delete_all(from, &["-i", interface, "-j", chain])?;
+            found |= delete_all(from, &["-i", interface, "-s", subnet, "-j", chain])?;
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 #[cfg(test)]

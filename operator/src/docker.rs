@@ -138,21 +138,7 @@ pub async fn network(docker: &Docker) -> Result<String, bollard::errors::Error> 
 async fn creation_lock() -> Option<Flock<File>> {
     let path = std::env::temp_dir().join("slipway-apps-network.lock");
     let locked = tokio::task::spawn_blocking(move || {
-        // Read-only (flock needs no more), so a file another user made serves as well.
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                use std::os::unix::fs::OpenOptionsExt;
-                File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .mode(0o666)
-                    .open(&path)?;
-                File::open(&path)?
-            }
-            Err(error) => return Err(error),
-        };
+        let file = lock_file(&path)?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| std::io::Error::from(errno))
     })
     .await
@@ -164,6 +150,27 @@ async fn creation_lock() -> Option<Flock<File>> {
             tracing::warn!(%error, "cannot lock the creation of the app network; creating it anyway");
             None
         }
+    }
+}
+
+/// Opens `path` to lock it, made if missing: read-only (a lock needs no more), and made
+/// writable by all, so a file another user's Slipway made serves as well.
+///
+/// # Errors
+/// When it can be neither opened nor made.
+pub fn lock_file(path: &std::path::Path) -> std::io::Result<File> {
+    match File::open(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o666)
+                .open(path)?;
+            File::open(path)
+        }
+        opened => opened,
     }
 }
 
@@ -183,6 +190,68 @@ async fn networks_named(
         .into_iter()
         .filter(|n| n.name.as_deref() == Some(NETWORK))
         .collect())
+}
+
+/// Removes [`NETWORK`] (every network of that name) unless a container, of any installation
+/// and running or not, is on it: a stopped container keeps its place on the network and could
+/// not start again without it. Whether any was removed.
+///
+/// # Errors
+/// When the engine does not answer, or refuses the removal.
+pub async fn remove_network_if_unused(docker: &Docker) -> Result<bool, bollard::errors::Error> {
+    if !containers_where(docker, "network", NETWORK)
+        .await?
+        .is_empty()
+    {
+        return Ok(false);
+    }
+    let mut removed = false;
+    for id in networks_named(docker)
+        .await?
+        .into_iter()
+        .filter_map(|n| n.id)
+    {
+        match docker.remove_network(&id).await {
+            Ok(()) => removed = true,
+            // Gone meanwhile, or a container joined it meanwhile: either way it stays as it is.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 403 | 409,
+                ..
+            }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(removed)
+}
+
+/// The installations (their ids, see [`instance`]) that have containers on the engine,
+/// running or not.
+///
+/// # Errors
+/// When the engine does not answer.
+pub async fn instances(
+    docker: &Docker,
+) -> Result<std::collections::BTreeSet<String>, bollard::errors::Error> {
+    Ok(containers_where(docker, "label", LABEL_INSTANCE)
+        .await?
+        .into_iter()
+        .filter_map(|c| c.labels?.remove(LABEL_INSTANCE))
+        .collect())
+}
+
+/// Every container on the engine, running or not, that matches the engine's filter `key=value`.
+async fn containers_where(
+    docker: &Docker,
+    key: &str,
+    value: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, bollard::errors::Error> {
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(key.to_owned(), vec![value.to_owned()])])),
+            ..Default::default()
+        }))
+        .await
 }
 
 /// Memory of one app container: 512 MiB fits the usual small web app; the Webspace resource

@@ -503,3 +503,68 @@ impl World {
             .join(format!("{webspace}.git"))
     }
 }
+
+/// GET / through the router on `port` with `Host: HOST`: (status, body); (0, "") when nothing
+/// listens.
+pub fn http(port: u16, host: &str) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = std::io::Write::write_all(
+        &mut stream,
+        format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes(),
+    );
+    let mut response = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The ids of the containers (running or not) that match the `docker ps` filter `filter`.
+pub fn containers(filter: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-aq", "--filter", filter])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes the containers matching the `docker ps` filter `filter` (running or not) and the
+/// images of repository `image`: what a test leaves behind on the engine.
+pub fn remove_containers_and_images(filter: &str, image: &str) {
+    let ids = containers(filter);
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
+    let Ok(listed) = Command::new("docker")
+        .args(["image", "ls", "-q", image])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(&ids)
+            .output();
+    }
+}
