@@ -229,19 +229,7 @@ fn the_classic_builder_stays_available_for_its_step_limits() {
 #[test]
 fn a_repo_without_dockerfile_is_built_from_the_static_runtime_and_serves_its_files() {
     let site = Site::new(Some("static"));
-    // Override the shipped `static` runtime's base image: no image can be pulled here.
-    let shipped = fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/runtimes/defaults/static.yaml"
-    ))
-    .expect("static runtime");
-    apply_ok(
-        &site.world.scratch.data(),
-        &shipped.replace(
-            "baseImage: busybox:stable",
-            &format!("baseImage: {BASE_IMAGE}"),
-        ),
-    );
+    static_runtime_from_local_image(&site);
     let app = site.app(&[
         ("index.html", "<h1>static works</h1>\n"),
         ("css/site.css", "body{}\n"),
@@ -911,4 +899,114 @@ fn a_runtime_whose_base_image_cannot_be_pulled_says_so_not_fix_the_dockerfile() 
         "{said}"
     );
     assert!(!said.contains("fix the Dockerfile"), "{said}");
+}
+
+/// Applies the shipped `static` runtime with its base image pointed at the test's own image:
+/// no image can be pulled here.
+fn static_runtime_from_local_image(site: &Site) {
+    let shipped = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/runtimes/defaults/static.yaml"
+    ))
+    .expect("static runtime");
+    apply_ok(
+        &site.world.scratch.data(),
+        &shipped.replace(
+            "baseImage: busybox:stable",
+            &format!("baseImage: {BASE_IMAGE}"),
+        ),
+    );
+}
+
+#[test]
+fn without_dockerfile_or_runtime_an_index_html_is_detected_as_static_and_deployed() {
+    let site = Site::new(None);
+    static_runtime_from_local_image(&site);
+    let app = site.app(&[("index.html", "<h1>detected</h1>\n")]);
+    let push = site.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert_ok(&push);
+    assert!(
+        said.contains("remote: slipway: `main` has no Dockerfile; detected runtime `static` (from index.html); set `spec.runtime` to choose another"),
+        "{said}"
+    );
+    assert!(said.contains("from runtime `static`"), "{said}");
+    let releases = site.releases();
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert_eq!(releases[0]["spec"]["branch"], "main");
+    assert_eq!(
+        releases[0]["spec"]["commit"].as_str(),
+        rev_parse(&site.repository(), "refs/heads/main").as_deref()
+    );
+}
+
+#[test]
+fn without_dockerfile_or_runtime_a_package_json_is_detected_as_node() {
+    // The detected `node` runtime builds FROM a public image, which cannot be pulled here: the
+    // push names the detected runtime, then fails saying the base image could not be pulled.
+    let site = Site::new(None);
+    let app = site.app(&[
+        (
+            "package.json",
+            "{\"name\":\"x\",\"version\":\"1.0.0\",\"scripts\":{\"start\":\"node -e 1\"}}\n",
+        ),
+        ("index.html", "<h1>a node app's page</h1>\n"),
+    ]);
+    let push = site.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "remote: slipway: `main` has no Dockerfile; detected runtime `node` (from package.json)"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("from runtime `node`"), "{said}");
+    assert!(
+        said.contains("remote: hint: a base image could not be pulled"),
+        "{said}"
+    );
+    assert_eq!(rev_parse(&site.repository(), "refs/heads/main"), None);
+}
+
+#[test]
+fn without_dockerfile_runtime_or_marker_the_push_is_refused_with_what_is_detected() {
+    let site = Site::new(None);
+    let app = site.app(&[
+        ("README.md", "nothing to run\n"),
+        ("docs/index.html", "x\n"),
+    ]);
+    let push = site.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert!(!push.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "remote: error: `main` has no `Dockerfile` and webspace `{}` has no runtime",
+            site.name
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("remote: hint: add a Dockerfile at the repository root, or a root file to detect a runtime from (go.mod, composer.json, index.php, requirements.txt, pyproject.toml, package.json, index.html), or set `spec.runtime`"),
+        "{said}"
+    );
+    assert!(!said.contains("detected runtime"), "{said}");
+    assert_eq!(rev_parse(&site.repository(), "refs/heads/main"), None);
+    assert!(site.releases().is_empty());
+}
+
+#[test]
+fn spec_runtime_wins_over_detection() {
+    let site = Site::new(Some("static"));
+    static_runtime_from_local_image(&site);
+    let app = site.app(&[
+        ("package.json", "{\"name\":\"x\",\"version\":\"1.0.0\"}\n"),
+        ("index.html", "<h1>static on purpose</h1>\n"),
+    ]);
+    let push = site.push(&app, &["main"]);
+    let said = stderr(&push);
+    assert_ok(&push);
+    assert!(said.contains("from runtime `static`"), "{said}");
+    assert!(!said.contains("detected runtime"), "{said}");
+    assert_eq!(site.releases().len(), 1);
 }

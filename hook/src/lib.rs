@@ -6,6 +6,7 @@
 pub mod build;
 pub mod context;
 pub mod credentials;
+pub mod detect;
 pub mod egress;
 pub mod policy;
 pub mod release;
@@ -724,9 +725,19 @@ async fn plan(
                 return Err(());
             }
             Dockerfile::Missing => {
-                let Some(name) = &webspace.spec.runtime else {
-                    reporter.error(&format!("`{branch}` has no `Dockerfile` and webspace `{}` has no runtime", config.webspace), Some(&format!("add a Dockerfile at the repository root, or set `spec.runtime` of webspace `{}` (e.g. `static`)", config.webspace)));
-                    return Err(());
+                // `spec.runtime` wins; without it, the tree's root files pick one.
+                let name = match &webspace.spec.runtime {
+                    Some(name) => name.as_str(),
+                    None => match detect::detect(&manifest.entries) {
+                        Some(detected) => {
+                            reporter.say(&format!("slipway: `{branch}` has no Dockerfile; detected runtime `{}` (from {}); set `spec.runtime` to choose another", detected.runtime, detected.marker));
+                            detected.runtime
+                        }
+                        None => {
+                            reporter.error(&format!("`{branch}` has no `Dockerfile` and webspace `{}` has no runtime", config.webspace), Some(&format!("add a Dockerfile at the repository root, or a root file to detect a runtime from ({}), or set `spec.runtime` of webspace `{}` (e.g. `static`)", detect::markers(), config.webspace)));
+                            return Err(());
+                        }
+                    },
                 };
                 let runtime = find_runtime(store, name).await.map_err(|e| {
                     reporter.failure("the server cannot read its configuration", &e)
