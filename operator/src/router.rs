@@ -458,8 +458,8 @@ impl Thread {
         admitted: Admitted,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let phase = Arc::new(io::Phase::default());
-        let socket = io::Timed::new(stream, phase.clone(), self.limits.clone());
         let ticket: Arc<dyn std::any::Any + Send + Sync> = Arc::new(admitted);
+        let socket = io::Timed::new(stream, phase.clone(), self.limits.clone(), ticket.clone());
         let proxy = proxy::Proxy::new(
             ticket,
             peer.ip(),

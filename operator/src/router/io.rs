@@ -69,9 +69,10 @@ impl Phase {
 const HEAD_TOO_SLOW: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 35\r\nConnection: close\r\n\r\n408: the request head was too slow\n";
 
 /// A client socket with deadlines (see the module's documentation).
-#[derive(Debug)]
 pub struct Timed {
     stream: Option<TcpStream>,
+    /// The connection's place under the caps: a lingering close keeps it too.
+    ticket: Option<Arc<dyn std::any::Any + Send + Sync>>,
     phase: Arc<Phase>,
     limits: Arc<Limits>,
     /// The phase reads last saw, and when the deadline of that phase started.
@@ -83,12 +84,27 @@ pub struct Timed {
     write_timer: Option<Pin<Box<Sleep>>>,
 }
 
+impl std::fmt::Debug for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timed")
+            .field("stream", &self.stream)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Timed {
     /// `stream`, just accepted: its first request head is due within the head timeout.
-    pub fn new(stream: TcpStream, phase: Arc<Phase>, limits: Arc<Limits>) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        phase: Arc<Phase>,
+        limits: Arc<Limits>,
+        ticket: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
         phase.set(Phase::HEAD);
         Self {
             stream: Some(stream),
+            ticket: Some(ticket),
             phase,
             limits,
             seen: Phase::HEAD,
@@ -271,8 +287,10 @@ impl Drop for Timed {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let ticket = self.ticket.take();
         runtime.spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ticket = ticket;
             let mut stream = stream;
             if stream.shutdown().await.is_err() {
                 return;
