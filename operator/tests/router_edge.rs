@@ -682,6 +682,18 @@ async fn connect_from(source: IpAddr, router: SocketAddr) -> TcpStream {
     socket.connect(router).await.expect("connect")
 }
 
+/// A GET of the app from `source`, answered 200; the connection stays open for the caller.
+async fn served_from(source: IpAddr, router: SocketAddr) -> TcpStream {
+    let mut client = connect_from(source, router).await;
+    client
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let head = read_head(&mut client, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    client
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_source_cannot_take_every_connection() {
     let (address, _shared, shutdown) = edge(Limits {
@@ -704,13 +716,7 @@ async fn one_source_cannot_take_every_connection() {
         "{answer}"
     );
     // Another address is served.
-    let mut other = connect_from([127, 0, 0, 3].into(), address).await;
-    other
-        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let head = read_head(&mut other, &mut Vec::new()).await;
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let other = served_from([127, 0, 0, 3].into(), address).await;
     // The overall cap holds for everyone else: 8 + 1 + 3 more reach 12.
     let second: IpAddr = [127, 0, 0, 4].into();
     for _ in 0..3 {
@@ -728,13 +734,7 @@ async fn one_source_cannot_take_every_connection() {
     drop(held);
     drop(other);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut again = connect_from(flood, address).await;
-    again
-        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let head = read_head(&mut again, &mut Vec::new()).await;
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    served_from(flood, address).await;
     shutdown.cancel();
 }
 
@@ -988,12 +988,6 @@ async fn only_websocket_upgrades_pass_and_tunnels_keep_their_place_until_idle() 
         read_to_close(tunnel, &mut Vec::new()).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut again = connect_from(source, address).await;
-    again
-        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let head = read_head(&mut again, &mut Vec::new()).await;
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    served_from(source, address).await;
     shutdown.cancel();
 }

@@ -556,6 +556,28 @@ mod tests {
             .expect("response")
     }
 
+    /// Answers a listing of Customers at `resource_version`, then expects the watch that follows:
+    /// the watch is current and the whole kind is announced. Returns the watch's responder.
+    async fn listed_then_watching(
+        handle: &mut Handle,
+        health: &WatchHealth,
+        announced: &mut broadcast::Receiver<Change>,
+        resource_version: &str,
+    ) -> tower_test::mock::SendResponse<Response<Body>> {
+        let (request, send) = handle.next_request().await.expect("a listing");
+        assert!(!is_watch(&request), "{}", request.uri());
+        send.send_response(customer_list(resource_version));
+        let (request, watching) = handle.next_request().await.expect("a watch");
+        assert!(is_watch(&request), "{}", request.uri());
+        assert_eq!(health.check(), Ok(()));
+        let change = announced.try_recv().expect("announced");
+        assert_eq!(
+            (change.plural.as_str(), change.name.as_str()),
+            ("customers", "")
+        );
+        watching
+    }
+
     fn is_watch(request: &Request<Body>) -> bool {
         request
             .uri()
@@ -572,17 +594,7 @@ mod tests {
         tokio::spawn(watch(api, changes, health.clone()));
 
         // Listed and watching: current, and the whole kind is announced.
-        let (request, send) = handle.next_request().await.expect("a listing");
-        assert!(!is_watch(&request), "{}", request.uri());
-        send.send_response(customer_list("5"));
-        let (request, watching) = handle.next_request().await.expect("a watch");
-        assert!(is_watch(&request), "{}", request.uri());
-        assert_eq!(health.check(), Ok(()));
-        let change = announced.try_recv().expect("announced");
-        assert_eq!(
-            (change.plural.as_str(), change.name.as_str()),
-            ("customers", "")
-        );
+        let watching = listed_then_watching(&mut handle, &health, &mut announced, "5").await;
 
         // The API server goes away for a while: every call fails, the watch is stale, and the
         // next attempt still comes at most 2 s after the last (kube's default backoff grows
@@ -609,18 +621,8 @@ mod tests {
 
         // It is back: what changed meanwhile comes from a fresh listing (not a resumed watch),
         // announced as a change of the whole kind, and the watch is current again.
-        let (request, send) = handle.next_request().await.expect("a listing");
-        assert!(!is_watch(&request), "{}", request.uri());
         assert!(health.check().is_err());
-        send.send_response(customer_list("9"));
-        let (request, _watching) = handle.next_request().await.expect("a watch");
-        assert!(is_watch(&request), "{}", request.uri());
-        assert_eq!(health.check(), Ok(()));
-        let change = announced.try_recv().expect("announced");
-        assert_eq!(
-            (change.plural.as_str(), change.name.as_str()),
-            ("customers", "")
-        );
+        let _watching = listed_then_watching(&mut handle, &health, &mut announced, "9").await;
     }
 
     #[tokio::test]
