@@ -458,7 +458,7 @@ impl Thread {
         admitted: Admitted,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let phase = Arc::new(io::Phase::default());
-        let ticket: Arc<dyn std::any::Any + Send + Sync> = Arc::new(admitted);
+        let ticket = Arc::new(admitted);
         let socket = io::Timed::new(stream, phase.clone(), self.limits.clone(), ticket.clone());
         let proxy = proxy::Proxy::new(
             ticket,

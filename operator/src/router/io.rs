@@ -69,10 +69,11 @@ impl Phase {
 const HEAD_TOO_SLOW: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 35\r\nConnection: close\r\n\r\n408: the request head was too slow\n";
 
 /// A client socket with deadlines (see the module's documentation).
+#[derive(Debug)]
 pub struct Timed {
     stream: Option<TcpStream>,
     /// The connection's place under the caps: a lingering close keeps it too.
-    ticket: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ticket: Option<Arc<super::Admitted>>,
     phase: Arc<Phase>,
     limits: Arc<Limits>,
     /// The phase reads last saw, and when the deadline of that phase started.
@@ -84,22 +85,13 @@ pub struct Timed {
     write_timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl std::fmt::Debug for Timed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timed")
-            .field("stream", &self.stream)
-            .field("phase", &self.phase)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Timed {
     /// `stream`, just accepted: its first request head is due within the head timeout.
     pub fn new(
         stream: TcpStream,
         phase: Arc<Phase>,
         limits: Arc<Limits>,
-        ticket: Arc<dyn std::any::Any + Send + Sync>,
+        ticket: Arc<super::Admitted>,
     ) -> Self {
         phase.set(Phase::HEAD);
         Self {

@@ -64,9 +64,10 @@ const GATEWAY_TIMEOUT: &str = "504: the app did not answer in time\n";
 #[derive(Clone, Debug)]
 pub(super) struct Proxy(Arc<Connection>);
 
+#[derive(Debug)]
 struct Connection {
     /// The connection's place under the caps (`Admitted`), kept by a tunnel it turns into.
-    ticket: Arc<dyn std::any::Any + Send + Sync>,
+    ticket: Arc<super::Admitted>,
     peer: HeaderValue,
     phase: Arc<Phase>,
     limits: Arc<Limits>,
@@ -87,17 +88,9 @@ struct Kept {
     sender: hyper::client::conn::http1::SendRequest<Upload>,
 }
 
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("peer", &self.peer)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Proxy {
     pub(super) fn new(
-        ticket: Arc<dyn std::any::Any + Send + Sync>,
+        ticket: Arc<super::Admitted>,
         peer: std::net::IpAddr,
         routes: CachedRoutes,
         phase: Arc<Phase>,
@@ -539,7 +532,7 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     shutdown: CancellationToken,
-    _ticket: Arc<dyn std::any::Any + Send + Sync>,
+    _ticket: Arc<super::Admitted>,
 ) {
     let (Ok(client), Ok(backend)) = (client.await, backend.await) else {
         return;
