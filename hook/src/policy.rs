@@ -197,8 +197,8 @@ pub fn scan(bytes: &[u8]) -> Result<Vec<ImageUse>, Refusal> {
         } else {
             (instruction.keyword.clone(), instruction.arguments.clone())
         };
-        if flags(&body)
-            .0
+        let (flags, rest) = flags(&body);
+        if flags
             .iter()
             .any(|(name, value)| !literal(name) || !literal(value))
         {
@@ -220,7 +220,6 @@ pub fn scan(bytes: &[u8]) -> Result<Vec<ImageUse>, Refusal> {
             }
             "FROM" => {
                 seen_from = true;
-                let (flags, rest) = flags(&body);
                 // `--platform` would have the engine resolve another image than the one checked.
                 if let Some((name, _)) = flags.first() {
                     return Err(refuse(
@@ -257,7 +256,7 @@ pub fn scan(bytes: &[u8]) -> Result<Vec<ImageUse>, Refusal> {
                 }
             }
             "ADD" => {
-                let (flags, sources) = flags(&body);
+                let sources = rest;
                 if flags
                     .iter()
                     .any(|(name, _)| name == "checksum" || name == "keep-git-dir")
@@ -273,14 +272,13 @@ pub fn scan(bytes: &[u8]) -> Result<Vec<ImageUse>, Refusal> {
                 }
             }
             "COPY" => {
-                for (name, value) in flags(&body).0 {
+                for (name, value) in &flags {
                     if name == "from" {
-                        use_image(&value, line, &stages, &mut images)?;
+                        use_image(value, line, &stages, &mut images)?;
                     }
                 }
             }
             "RUN" => {
-                let (flags, _) = flags(&body);
                 for (name, value) in flags {
                     match name.as_str() {
                         "mount" => mount(&value, line, &stages, &mut images)?,
