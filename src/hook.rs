@@ -62,10 +62,7 @@ pub struct HookArgs {
     /// Where resources live: `directory` or `kube`.
     #[arg(long, env = env::STORE, default_value = "directory", value_parser = crate::parse_backend)]
     store: slipway_store::Backend,
-    /// Path a new release must answer.
-    #[arg(long, env = env::HEALTH_PATH, default_value = "/")]
-    health_path: String,
-    /// Seconds a new release has to answer.
+    /// Seconds the operator gives a new release to answer (the verdict comes within them).
     #[arg(long, env = env::HEALTH_TIMEOUT, default_value_t = 30)]
     health_timeout: u64,
     /// Builds running at once on this host.
@@ -93,7 +90,6 @@ pub fn run(args: HookArgs) -> ExitCode {
         build: args.build != "0",
         rollout: args.rollout == "1",
         store: args.store,
-        health_path: args.health_path,
         health_timeout: Duration::from_secs(args.health_timeout),
         docker_config: args
             .docker_config

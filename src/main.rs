@@ -471,6 +471,7 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
             drain: Duration::from_secs(args.drain),
             instance: String::new(),
             recheck: Duration::from_secs(args.recheck),
+            data: None,
         },
     }
 }
@@ -561,11 +562,7 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         environment.push((env::STORE.into(), "kube".into()));
     }
     if let Some(rollout) = &rollout {
-        // The pre-receive hook checks a new release the way the operator will.
-        environment.push((
-            env::HEALTH_PATH.into(),
-            rollout.settings.health_path.clone().into(),
-        ));
+        // Pre-receive waits for the operator's verdict about that long.
         environment.push((
             env::HEALTH_TIMEOUT.into(),
             rollout.settings.health_timeout.as_secs().to_string().into(),
@@ -610,6 +607,7 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         let http_address = http.local_addr()?;
         let mut settings = rollout.settings;
         settings.instance = slipway_operator::docker::instance(&data);
+        settings.data = Some(data.clone());
         if rollout.http_listen.port() == 0 {
             settings.url_port = format!(":{}", http_address.port());
         }

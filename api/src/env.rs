@@ -40,13 +40,11 @@ pub const EXE: &str = "SLIPWAY_EXE";
 /// are checked and accepted, nothing is built). Anything else, or unset, builds.
 pub const BUILD: &str = "SLIPWAY_BUILD";
 /// Hook contract: `1` when an operator on this host rolls releases out (`slipway up`): the
-/// pre-receive hook then starts the new release unrouted and checks its health, and the
+/// pre-receive hook then waits for the operator's verdict on each staged release, and the
 /// post-receive hook waits until it serves.
 pub const ROLLOUT: &str = "SLIPWAY_ROLLOUT";
-/// Hook contract: the path a new release must answer before it is accepted (`slipway up
-/// --health-path`, default `/`).
-pub const HEALTH_PATH: &str = "SLIPWAY_HEALTH_PATH";
-/// Hook contract: seconds a new release has to answer (`slipway up --health-timeout`).
+/// Hook contract: seconds the operator gives a new release to answer (`slipway up
+/// --health-timeout`); pre-receive waits about that long for its verdict.
 pub const HEALTH_TIMEOUT: &str = "SLIPWAY_HEALTH_TIMEOUT";
 /// Hook setting: builds running at once on this host, across pushes (default 2).
 pub const MAX_BUILDS: &str = "SLIPWAY_MAX_BUILDS";

@@ -347,16 +347,44 @@ impl Release {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseStatus {
-    /// `Staged` (built, ref not moved yet), `Promoted` (ref moved), `Live` (serving),
-    /// `Failed` or `Superseded`.
+    /// One of [`phase`]'s: `Staged` (built, ref not moved yet), `Verified` (started without
+    /// traffic and healthy), `Promoted` (ref moved), `Live` (serving), `Superseded`, `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// Why it failed, when it did.
+    /// What the operator is doing with it (while `Staged`), what it found (`Verified`), or why
+    /// it failed (`Failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the pusher can do about a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// The app's last log lines, when it failed to start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
     /// Where it serves, once live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+}
+
+/// The phases of a Release, and who moves it into each:
+///
+/// ```text
+/// Staged ──operator──▶ Verified ──post-receive──▶ Promoted ──operator──▶ Live ──operator──▶ Superseded
+///    └──operator──▶ Failed (reason, hint, last log lines; pre-receive rejects the push)
+/// ```
+pub mod phase {
+    /// Built and pushed by pre-receive, before the ref moved; the operator verifies it.
+    pub const STAGED: &str = "Staged";
+    /// Started without traffic and healthy: pre-receive accepts the push.
+    pub const VERIFIED: &str = "Verified";
+    /// The ref moved (post-receive): the operator routes traffic to it.
+    pub const PROMOTED: &str = "Promoted";
+    /// Serving its branch.
+    pub const LIVE: &str = "Live";
+    /// Replaced by a newer release, or its branch was deleted.
+    pub const SUPERSEDED: &str = "Superseded";
+    /// Did not start, did not become healthy, or its push was abandoned.
+    pub const FAILED: &str = "Failed";
 }
 
 /// A resource that does not pass validation.

@@ -19,6 +19,7 @@ pub mod updates;
 use std::path::PathBuf;
 
 use slipway_api::names::branch_label;
+use slipway_api::resources::phase;
 use slipway_api::{Release, Runtime, Webspace};
 use slipway_store::{AnyStore, Backend, Store};
 
@@ -42,13 +43,12 @@ pub struct Config {
     /// Whether to build (`false` on a plain git host started with `--no-build`).
     pub build: bool,
     /// Whether an operator on this host rolls releases out (`slipway up`): pre-receive then
-    /// starts each release unrouted and requires it to answer, post-receive waits until it serves.
+    /// waits for its verdict on each staged release, post-receive waits until it serves.
     pub rollout: bool,
     /// Where resources live; on a cluster post-receive waits for the operator's rollout.
     pub store: Backend,
-    /// Path a new release must answer (HTTP 200-399, as a Kubernetes readiness probe).
-    pub health_path: String,
-    /// How long it has to answer.
+    /// How long the operator gives a new release to answer its health check (pre-receive
+    /// waits that long for the verdict, and a little more).
     pub health_timeout: std::time::Duration,
     /// Docker client configuration directory (`DOCKER_CONFIG`, else `~/.docker`), for
     /// registry credentials.
@@ -63,7 +63,7 @@ pub struct Config {
     pub limits: build::Limits,
 }
 
-/// How often a release that does not answer yet is reported while the push waits for it.
+/// How often the pusher hears what the push waits for (a verdict, a rollout).
 const WAITING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Longest hook input read: one line per ref, and nobody pushes 10,000 refs to a webspace.
@@ -171,7 +171,7 @@ async fn pre_receive_inner(config: &Config, input: &str, reporter: &Reporter) ->
     let mut built = Vec::new();
     let mut outcome = build_all(config, &docker, plans, &mut built, reporter).await;
     if outcome.is_ok() {
-        outcome = stage_all(config, &store, &docker, &webspace, &built, reporter).await;
+        outcome = stage_all(config, &store, &docker, &built, reporter).await;
     }
     if outcome.is_err() {
         discard(&store, &docker, &built, reporter).await;
@@ -283,34 +283,143 @@ async fn build_all(
     Ok(())
 }
 
-/// Stages every built branch. Everything this push staged so far: a later refusal (another
-/// branch that does not start, the registry) withdraws it all, so a refused push leaves no
-/// container or Release behind.
+/// Records a staged Release for every built branch and waits for the operator's verdict on
+/// each (all at once). A refusal of any branch (it did not start, the registry failed)
+/// withdraws every Release this push recorded, so a refused push leaves none behind; the
+/// operator then removes what it started for them.
 async fn stage_all(
     config: &Config,
     store: &AnyStore,
     docker: &bollard::Docker,
-    webspace: &Webspace,
     built: &[Built],
     reporter: &Reporter,
 ) -> Result<(), ()> {
-    let mut recorded: Vec<String> = Vec::new();
-    for branch in built {
-        let result = stage_branch(
-            config,
-            store,
-            docker,
-            webspace,
-            branch,
-            &mut recorded,
-            reporter,
-        )
-        .await;
-        if result.is_err() {
-            withdraw(config, store, docker, &recorded, reporter).await;
-            return Err(());
-        }
+    let mut recorded = Vec::new();
+    // Held until the verdicts are in: the operator fails a staged release whose push is gone.
+    let mut markers = Vec::new();
+    let result = stage_and_verify(
+        config,
+        store,
+        docker,
+        built,
+        &mut recorded,
+        &mut markers,
+        reporter,
+    )
+    .await;
+    if result.is_err() {
+        withdraw(store, &recorded, reporter).await;
     }
+    result
+}
+
+/// Whether an operator verifies staged releases: `slipway up` on this host.
+fn verified(config: &Config) -> bool {
+    config.rollout
+}
+
+async fn stage_and_verify(
+    config: &Config,
+    store: &AnyStore,
+    docker: &bollard::Docker,
+    built: &[Built],
+    recorded: &mut Vec<String>,
+    markers: &mut Vec<slipway_store::pushes::Pushing>,
+    reporter: &Reporter,
+) -> Result<(), ()> {
+    // On one host the operator starts the release from the engine's local copy while the image
+    // goes to the registry; a cluster's nodes pull it, so there it is pushed first.
+    let alongside = config.rollout && config.store == Backend::Directory;
+    for branch in built {
+        let reference = if alongside {
+            branch.image.clone()
+        } else {
+            push_image(config, docker, branch, reporter)
+                .await?
+                .unwrap_or_else(|| branch.image.clone())
+        };
+        let name = release::name(&config.webspace, &branch.branch, &branch.commit);
+        if config.store == Backend::Directory {
+            let marker = slipway_store::pushes::Pushing::hold(&config.data, &name)
+                .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
+            markers.push(marker);
+        }
+        stage(store, branch, &reference, config, reporter).await?;
+        recorded.push(name);
+    }
+    if !verified(config) {
+        return Ok(());
+    }
+    let checks = built
+        .iter()
+        .zip(recorded.iter())
+        .map(|(branch, name)| async move {
+            let pushed = async {
+                if alongside {
+                    push_image(config, docker, branch, reporter).await
+                } else {
+                    Ok(None)
+                }
+            };
+            let (pushed, verdict) =
+                tokio::join!(pushed, verdict(config, store, branch, name, reporter));
+            verdict?;
+            if let Some(reference) = pushed? {
+                record_image(store, name, &reference, reporter).await?;
+            }
+            Ok::<(), ()>(())
+        });
+    let results = futures_util::future::join_all(checks).await;
+    results.into_iter().collect()
+}
+
+/// Pushes `built`'s image to the registry, if there is one; returns the reference with its
+/// digest.
+async fn push_image(
+    config: &Config,
+    docker: &bollard::Docker,
+    built: &Built,
+    reporter: &Reporter,
+) -> Result<Option<String>, ()> {
+    let Some(registry) = &config.registry else {
+        return Ok(None);
+    };
+    let credentials = config
+        .docker_config
+        .as_ref()
+        .and_then(|dir| credentials::for_registry(dir, registry));
+    let digest = build::push(docker, &image_repository(config), &built.tag, credentials)
+        .await
+        .map_err(|e| reporter.failure("the image registry is unavailable; try again later", &e))?;
+    reporter.say(&format!("slipway: pushed `{}` ({digest})", built.image));
+    Ok(Some(format!("{}@{digest}", built.image)))
+}
+
+/// Records the pushed reference of a verified release (it was verified from the engine's local
+/// copy). The operator writes nothing to a `Verified` release until it is promoted, so the
+/// status read here is the one written back.
+async fn record_image(
+    store: &AnyStore,
+    name: &str,
+    reference: &str,
+    reporter: &Reporter,
+) -> Result<(), ()> {
+    let release = store
+        .get::<Release>(name)
+        .await
+        .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
+    let Some(mut release) = release else {
+        reporter.error(
+            &format!("release `{name}` was removed during the push"),
+            None,
+        );
+        return Err(());
+    };
+    release.spec.image = reference.to_owned();
+    store
+        .put(&release)
+        .await
+        .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
     Ok(())
 }
 
@@ -327,76 +436,11 @@ struct Built {
     fresh: bool,
 }
 
-/// Pushes one branch's image and records its staged Release (its name goes to `recorded` at
-/// once); on a single host also starts it unrouted. The image goes to the registry while the
-/// release starts from the local copy: the Release names the local tag until the push returns
-/// its digest.
-async fn stage_branch(
-    config: &Config,
-    store: &AnyStore,
-    docker: &bollard::Docker,
-    webspace: &Webspace,
-    built: &Built,
-    recorded: &mut Vec<String>,
-    reporter: &Reporter,
-) -> Result<(), ()> {
-    let image = &built.image;
-    let push = async {
-        let Some(registry) = &config.registry else {
-            return Ok(None);
-        };
-        let credentials = config
-            .docker_config
-            .as_ref()
-            .and_then(|dir| credentials::for_registry(dir, registry));
-        let digest = build::push(docker, &image_repository(config), &built.tag, credentials)
-            .await
-            .map_err(|e| {
-                reporter.failure("the image registry is unavailable; try again later", &e)
-            })?;
-        reporter.say(&format!("slipway: pushed `{image}` ({digest})"));
-        Ok::<_, ()>(Some(format!("{image}@{digest}")))
-    };
-    if !config.rollout {
-        let reference = push.await?.unwrap_or_else(|| image.clone());
-        let release = stage(store, built, &reference, config, reporter).await?;
-        recorded.extend(release.metadata.name);
-        return Ok(());
-    }
-    let mut release = stage(store, built, image, config, reporter).await?;
-    recorded.extend(release.metadata.name.clone());
-    let (pushed, started) = tokio::join!(
-        push,
-        start_unrouted(config, store, docker, webspace, &release, reporter)
-    );
-    started?;
-    if let Some(reference) = pushed? {
-        release.spec.image = reference;
-        store
-            .put(&release)
-            .await
-            .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
-    }
-    Ok(())
-}
-
-/// Takes back what a refused push staged: the containers of `releases` (started unrouted) and
-/// the Releases themselves. Best effort: what cannot be removed now goes to the hook log.
-async fn withdraw(
-    config: &Config,
-    store: &AnyStore,
-    docker: &bollard::Docker,
-    releases: &[String],
-    reporter: &Reporter,
-) {
-    let instance = slipway_operator::docker::instance(&config.data);
+/// Takes back the Releases a refused push recorded; the operator removes what it started for
+/// them. Best effort: what cannot be removed now goes to the hook log (and the operator fails
+/// it once its push is gone).
+async fn withdraw(store: &AnyStore, releases: &[String], reporter: &Reporter) {
     for name in releases {
-        if config.rollout {
-            let container = slipway_operator::docker::container_name(&instance, name);
-            if docker.inspect_container(&container, None).await.is_ok() {
-                slipway_operator::docker::remove(docker, &container).await;
-            }
-        }
         if let Err(error) = store.delete::<Release>(name).await {
             reporter.log(&format!(
                 "cannot withdraw the staged release `{name}`: {error}"
@@ -428,18 +472,30 @@ async fn discard(store: &AnyStore, docker: &bollard::Docker, built: &[Built], re
         if used {
             continue;
         }
-        if let Err(error) = docker
-            .remove_image(
-                &built.image,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-        {
-            reporter.log(&format!(
-                "cannot remove the image `{}`: {error}",
-                built.image
-            ));
+        // The operator may still be removing the container it started from it.
+        for attempt in 0..20 {
+            match docker
+                .remove_image(
+                    &built.image,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) if attempt < 19 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => {
+                    reporter.log(&format!(
+                        "cannot remove the image `{}`: {error}",
+                        built.image
+                    ));
+                    break;
+                }
+            }
         }
     }
 }
@@ -473,110 +529,134 @@ async fn stage(
     Ok(release)
 }
 
-/// Starts a staged release beside the serving one, without traffic, and requires it to answer
-/// its health check; otherwise the push is rejected with the probe result, the exit code and
-/// the last log lines for the pusher (the caller withdraws the container and the Release).
-async fn start_unrouted(
+/// Longest pre-receive waits for a verdict beyond the health check's own time: the operator
+/// has to notice the release and start it (on a cluster: schedule it and pull its image).
+const VERDICT_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Longest pre-receive waits for a cluster's verdict.
+const CLUSTER_VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Waits for the operator's verdict on the staged release `name`, with a line every few
+/// seconds saying what it waits for: `Ok` when it is `Verified`; the reason, hint and the app's
+/// last log lines when it `Failed`; a refusal when no verdict came in time.
+async fn verdict(
     config: &Config,
     store: &AnyStore,
-    docker: &bollard::Docker,
-    webspace: &Webspace,
-    release: &Release,
+    built: &Built,
+    name: &str,
     reporter: &Reporter,
 ) -> Result<(), ()> {
-    use slipway_operator::docker as driver;
-    let runtimes = store
-        .list::<Runtime>()
-        .await
-        .map_err(|e| reporter.failure("the server cannot read its configuration", &e))?;
-    let mut promoted = release.clone();
-    promoted.status = Some(slipway_api::resources::ReleaseStatus {
-        phase: Some(release::PROMOTED.to_owned()),
-        ..Default::default()
-    });
-    let hosts = slipway_operator::Hosts {
-        domain: "localhost".to_owned(),
-        style: slipway_operator::HostStyle::Nested,
+    let branch = &built.branch;
+    let wait = match config.store {
+        Backend::Kube => CLUSTER_VERDICT_WAIT,
+        Backend::Directory => config.health_timeout + VERDICT_SLACK,
     };
-    let Some(deployment) = slipway_operator::desired(
-        std::slice::from_ref(webspace),
-        &[promoted],
-        &runtimes,
-        &hosts,
-    )
-    .into_iter()
-    .next() else {
-        return Ok(());
-    };
-    let branch = &release.spec.branch;
-    let container = driver::ensure(
-        docker,
-        &slipway_operator::docker::instance(&config.data),
-        &deployment,
-    )
-    .await
-    .map_err(|e| reporter.failure("the server cannot start the release", &e))?;
-    let (_, port_from) = slipway_operator::desired::port(webspace, &runtimes, release);
-    let waiting = driver::wait_ready(
-        docker,
-        &container,
-        &config.health_path,
-        config.health_timeout,
-    );
-    tokio::pin!(waiting);
-    // Not 30 s of silence: a line every few seconds while the app does not answer yet.
-    let started = std::time::Instant::now();
-    let mut progress =
-        tokio::time::interval_at(tokio::time::Instant::now() + WAITING_EVERY, WAITING_EVERY);
-    let probe = loop {
-        tokio::select! {
-            probe = &mut waiting => break probe,
-            _ = progress.tick() => reporter.say(&format!(
-                "slipway: `{branch}`: no answer yet on port {} ({port_from}), {} s of {} s",
-                deployment.port,
-                started.elapsed().as_secs(),
-                config.health_timeout.as_secs()
-            )),
+    let tool = tool(store);
+    let mut changes = store.changes();
+    let started = tokio::time::Instant::now();
+    let deadline = started + wait;
+    let mut next_progress = started + WAITING_EVERY;
+    loop {
+        let release = store
+            .get::<Release>(name)
+            .await
+            .map_err(|e| reporter.failure("the server cannot read the release", &e))?;
+        let Some(release) = release else {
+            reporter.error(
+                &format!("release `{name}` was removed during the push"),
+                None,
+            );
+            return Err(());
+        };
+        let status = release.status.clone().unwrap_or_default();
+        let doing = status
+            .reason
+            .clone()
+            .unwrap_or_else(|| "waiting for the operator to start it".to_owned());
+        match release.phase() {
+            phase::VERIFIED => {
+                reporter.say(&format!("slipway: `{branch}` started and {doing}"));
+                return Ok(());
+            }
+            phase::FAILED => {
+                reporter.error(
+                    &format!("`{branch}` {doing}; the previous release keeps serving"),
+                    status.hint.as_deref(),
+                );
+                if !status.logs.is_empty() {
+                    reporter.say("slipway: last lines of its log:");
+                    for line in &status.logs {
+                        reporter.say(&format!("  | {}", report::clean(line)));
+                    }
+                }
+                return Err(());
+            }
+            phase::STAGED => {}
+            other => {
+                reporter.error(
+                    &format!("release `{name}` is `{other}` before its push finished"),
+                    Some(&format!("`{tool} get releases` shows its state")),
+                );
+                return Err(());
+            }
         }
-    };
-    match probe {
-        Ok(status) => {
-            reporter.say(&format!(
-                "slipway: `{branch}` started and answers `{}` (HTTP {status})",
-                config.health_path
-            ));
-            Ok(())
-        }
-        Err(probe) => {
-            let (_, logs) = driver::diagnose(docker, &container.id).await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             reporter.error(
                 &format!(
-                    "`{branch}` did not become healthy on `{}` ({probe}); the previous release keeps serving",
-                    config.health_path,
+                    "`{branch}` was not verified within {} s ({doing}); the previous release keeps serving",
+                    wait.as_secs()
                 ),
                 Some(&format!(
-                    "the app must listen on $PORT, here {} (from {port_from}), and answer `{}` with HTTP 200-399; if it listens on another port, set `spec.port` of webspace `{}` to it (or EXPOSE that one port in the Dockerfile)",
-                    deployment.port,
-                    config.health_path,
+                    "the operator verifies releases; `{tool} get releases` and `{tool} describe webspace {}` show what it did",
                     config.webspace
                 )),
             );
-            if !logs.is_empty() {
-                reporter.say("slipway: last lines of its log:");
-                for line in logs {
-                    reporter.say(&format!("  | {}", report::clean(&line)));
-                }
-            }
-            Err(())
+            return Err(());
         }
+        if now >= next_progress {
+            next_progress = now + WAITING_EVERY;
+            reporter.say(&format!(
+                "slipway: `{branch}`: {doing} ({} s)",
+                now.duration_since(started).as_secs()
+            ));
+        }
+        wait_for_change(&mut changes, name, deadline.min(next_progress)).await;
+    }
+}
+
+/// Waits until the store reports a change of Release `name` (or may have: it lagged, or a
+/// watch restarted), or until `until`, or a second at most in case a change was missed.
+async fn wait_for_change(
+    changes: &mut tokio::sync::broadcast::Receiver<slipway_store::Change>,
+    name: &str,
+    until: tokio::time::Instant,
+) {
+    let wake = until.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+    loop {
+        let change = tokio::select! {
+            () = tokio::time::sleep_until(wake) => return,
+            change = changes.recv() => change,
+        };
+        match change {
+            Ok(change)
+                if change.plural != "releases"
+                    || (change.name != name && !change.name.is_empty()) => {}
+            Ok(_) | Err(_) => return,
+        }
+    }
+}
+
+/// The command that shows resources: `kubectl` on a cluster, `slipway` on one host.
+fn tool(store: &AnyStore) -> &'static str {
+    match store {
+        AnyStore::Kube(_) => "kubectl",
+        AnyStore::Directory(_) => "slipway",
     }
 }
 
 /// Longest post-receive waits for the operator to put a release live.
 const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// How often the pusher hears what a rollout is waiting for.
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Waits until the operator took `name` live (or failed it), and tells the pusher: woken by the
 /// store's change feed (a watch on a cluster), re-read every second in case a change was missed,
@@ -588,10 +668,7 @@ async fn report_rollout(
     name: &str,
     reporter: &Reporter,
 ) {
-    let tool = match store {
-        AnyStore::Kube(_) => "kubectl",
-        AnyStore::Directory(_) => "slipway",
-    };
+    let tool = tool(store);
     // A cluster may first have to pull the image onto a node.
     let wait = match store {
         AnyStore::Kube(_) => LIVE_WAIT * 3,
@@ -600,7 +677,7 @@ async fn report_rollout(
     let mut changes = store.changes();
     let started = tokio::time::Instant::now();
     let deadline = started + wait;
-    let mut next_progress = started + PROGRESS_EVERY;
+    let mut next_progress = started + WAITING_EVERY;
     loop {
         let status = store
             .get::<Release>(name)
@@ -641,29 +718,14 @@ async fn report_rollout(
             return;
         }
         if now >= next_progress {
-            next_progress = now + PROGRESS_EVERY;
+            next_progress = now + WAITING_EVERY;
             let state = rollout_state(store, webspace, branch).await;
             reporter.say(&format!(
                 "slipway: waiting for `{branch}` to go live ({}s): {state}",
                 now.duration_since(started).as_secs()
             ));
         }
-        let wake = deadline
-            .min(next_progress)
-            .min(now + std::time::Duration::from_secs(1));
-        loop {
-            let change = tokio::select! {
-                () = tokio::time::sleep_until(wake) => break,
-                change = changes.recv() => change,
-            };
-            match change {
-                Ok(change)
-                    if change.plural == "releases"
-                        && change.name != name
-                        && !change.name.is_empty() => {}
-                Ok(_) | Err(_) => break,
-            }
-        }
+        wait_for_change(&mut changes, name, deadline.min(next_progress)).await;
     }
 }
 

@@ -7,12 +7,7 @@ use slipway_api::{Release, ReleaseSpec};
 
 use crate::updates::Update;
 
-/// Phase of a release built and recorded before the ref moved.
-pub const STAGED: &str = "Staged";
-/// Phase of a release whose ref moved: the operator takes it from here.
-pub const PROMOTED: &str = "Promoted";
-/// Phase of a release replaced by a newer one, or whose branch was deleted.
-pub const SUPERSEDED: &str = "Superseded";
+pub use slipway_api::resources::phase::{PROMOTED, STAGED, SUPERSEDED, VERIFIED};
 
 /// First 12 hex digits of SHA-256, for names and tags.
 pub fn short_hash(bytes: &[u8]) -> String {
@@ -86,8 +81,9 @@ fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
     release
 }
 
-/// The releases of `webspace` that change because `update` was applied: the staged release of
-/// the new commit is promoted, staged leftovers of other commits are superseded, and promoted or
+/// The releases of `webspace` that change because `update` was applied: the verified release
+/// of the new commit is promoted (a staged one, where no operator verifies), staged or verified
+/// leftovers of other commits are superseded, and promoted or
 /// live ones stay (the operator supersedes them once the new one serves, so a new release that
 /// fails leaves the previous one serving); a deleted branch's releases are all superseded.
 pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<Release> {
@@ -104,11 +100,12 @@ pub fn after_push(releases: &[Release], webspace: &str, update: &Update) -> Vec<
         Update::Branch { branch, commit } => {
             let mut changed = Vec::new();
             for release in of_branch(releases, webspace, branch) {
+                let waiting = matches!(phase(release), Some(STAGED | VERIFIED));
                 if release.spec.commit == *commit {
-                    if phase(release) == Some(STAGED) {
+                    if waiting {
                         changed.push(with_phase(release, PROMOTED, None));
                     }
-                } else if phase(release) == Some(STAGED) {
+                } else if waiting {
                     changed.push(with_phase(
                         release,
                         SUPERSEDED,
@@ -148,10 +145,19 @@ mod tests {
             PROMOTED,
             None,
         );
-        let new = staged("blog", "main", "b2", "t2", "img:2", "k");
+        let new = with_phase(
+            &staged("blog", "main", "b2", "t2", "img:2", "k"),
+            VERIFIED,
+            None,
+        );
         let other = staged("blog", "dev", "c3", "t3", "img:3", "k");
+        let leftover = with_phase(
+            &staged("blog", "main", "d4", "t4", "img:4", "k"),
+            VERIFIED,
+            None,
+        );
         let changed = after_push(
-            &[old, new, other],
+            &[old, new, other, leftover],
             "blog",
             &Update::Branch {
                 branch: "main".into(),
@@ -164,8 +170,8 @@ mod tests {
             .collect();
         assert_eq!(
             phases,
-            [("b2", PROMOTED)],
-            "the serving release stays until the new one serves"
+            [("b2", PROMOTED), ("d4", SUPERSEDED)],
+            "the verified release is promoted, a leftover of another push superseded, and the serving release stays until the new one serves"
         );
     }
 }

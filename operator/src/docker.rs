@@ -264,6 +264,9 @@ pub const DEFAULT_HEALTH_PATH: &str = "/";
 /// Time a new release has to answer: long enough for an interpreter to boot and load an app,
 /// short enough that a push that will never serve fails while the pusher still watches.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Times a container is created again while its name is still taken by one being removed
+/// ([`POLL`] apart: 5 s in all).
+const NAME_TAKEN_RETRIES: u32 = 200;
 /// Log lines shown when a release does not become healthy.
 const LOG_LINES: &str = "20";
 
@@ -385,8 +388,21 @@ pub async fn ensure_among(
             ..restarting.clone()
         });
     }
+    start(docker, instance, deployment).await
+}
+
+/// Starts a new container of `deployment`, replacing any container of its release (a stopped
+/// or half-created one, or one left by an earlier push of the same commit that a pass may be
+/// removing right now).
+///
+/// # Errors
+/// When the engine refuses.
+pub async fn start(
+    docker: &Docker,
+    instance: &str,
+    deployment: &Deployment,
+) -> Result<AppContainer, bollard::errors::Error> {
     let name = container_name(instance, &deployment.release);
-    // A stopped or half-created container of this release is replaced.
     let _ = docker
         .remove_container(
             &name,
@@ -438,15 +454,41 @@ pub async fn ensure_among(
         }),
         ..Default::default()
     };
-    docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await?;
+    // The name is taken until the engine finished removing the container before (a removal
+    // already in progress is not sped up by asking again).
+    let mut attempts = 0;
+    loop {
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body.clone(),
+            )
+            .await;
+        match created {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) if attempts < NAME_TAKEN_RETRIES => {
+                attempts += 1;
+                tokio::time::sleep(POLL).await;
+                let _ = docker
+                    .remove_container(
+                        &name,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+            created => {
+                created?;
+                break;
+            }
+        }
+    }
     docker.start_container(&name, None).await?;
     let inspect = docker.inspect_container(&name, None).await?;
     Ok(AppContainer {

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod router;
 pub mod single_host;
 pub mod status;
+pub mod verify;
 
 pub use desired::{Deployment, desired};
 pub use hosts::{HostStyle, Hosts};

@@ -5,10 +5,16 @@
 //! # Guarantees
 //! - Level-based: each pass compares what should run with the containers found by their labels,
 //!   so after a restart it adopts what already runs instead of starting duplicates.
+//! - A staged release is started without traffic and verified ([`crate::verify`]): `Verified`
+//!   once it answers its health check, else `Failed` with the reason, a hint and its last log
+//!   lines, and its container removed. Verifications run beside the passes, never inside one.
 //! - A release takes traffic only after it answered its health check; the routes of a branch
-//!   switch in one table swap; the previous container stops only after [`Settings::drain`].
+//!   switch in one table swap; the previous container stops only after [`Settings::drain`] (a
+//!   container that never served stops at once).
 //! - A release that does not become healthy is marked `Failed` with the reason, its container
 //!   is removed, and the previous release keeps serving.
+//! - A staged release whose push is gone (the push's marker in [`Settings::data`] is not held,
+//!   see [`slipway_store::pushes`]) is failed at the next pass, and its container removed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use futures_util::StreamExt;
-use slipway_api::resources::{BranchStatus, ReleaseStatus};
+use slipway_api::resources::{BranchStatus, ReleaseStatus, phase};
 use slipway_api::{Release, Runtime, Webspace};
 use slipway_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
@@ -50,6 +56,9 @@ pub struct Settings {
     pub instance: String,
     /// Time between full passes without any change ([`RECHECK`] by default).
     pub recheck: Duration,
+    /// The data directory the pushes run in, where each running push holds a marker
+    /// ([`slipway_store::pushes`]); `None`: abandoned pushes are judged by time only.
+    pub data: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -67,14 +76,11 @@ impl Settings {
 /// [`Settings::recheck`].
 const UNSETTLED: Duration = Duration::from_secs(1);
 
-/// How long a Release may stay `Staged`: a push stages it after its build, then only pushes the
-/// image and waits for the health check before git moves the ref and promotes it. One staged
-/// longer was left by a push that never finished.
-pub const STAGED_LIMIT: Duration = Duration::from_secs(3600);
-
 struct State {
     healthy: HashSet<String>,
     removing: HashSet<String>,
+    /// Staged releases being verified now.
+    verifying: HashSet<String>,
     /// A prune runs in the background; passes do not wait for it (or start another).
     pruning: bool,
     /// When this loop started: a Release staged before then belongs to a push of an earlier
@@ -95,6 +101,7 @@ pub async fn run<S: Store>(
     let state = Arc::new(Mutex::new(State {
         healthy: HashSet::new(),
         removing: HashSet::new(),
+        verifying: HashSet::new(),
         pruning: false,
         started: k8s_openapi::jiff::Timestamp::now(),
         routed: HashMap::new(),
@@ -109,7 +116,7 @@ pub async fn run<S: Store>(
     ));
     let mut unsettled = UNSETTLED;
     loop {
-        let next = match reconcile(&store, &docker, &table, &settings, &state).await {
+        let next = match reconcile(&store, &docker, &table, &settings, &state, &engine).await {
             Ok(true) => {
                 unsettled = UNSETTLED;
                 settings.recheck
@@ -253,22 +260,6 @@ impl Routing {
     }
 }
 
-/// Why a `Staged` Release can no longer be promoted, if it cannot: it was staged before this
-/// server started, or longer ago than [`STAGED_LIMIT`].
-fn abandoned(
-    release: &Release,
-    started: k8s_openapi::jiff::Timestamp,
-    now: k8s_openapi::jiff::Timestamp,
-) -> Option<&'static str> {
-    let pushed = release.pushed_at()?;
-    if pushed < started {
-        return Some("its push did not finish: the server stopped during it");
-    }
-    let limit = k8s_openapi::jiff::SignedDuration::try_from(STAGED_LIMIT).ok()?;
-    (now.duration_since(pushed) > limit)
-        .then_some("its push did not finish within an hour of staging it")
-}
-
 /// Errors of one pass.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -292,6 +283,7 @@ async fn set_phase<S: Store>(
         phase: Some(phase.to_owned()),
         reason,
         url,
+        ..Default::default()
     });
     if updated.status != release.status {
         store.put(&updated).await?;
@@ -405,6 +397,7 @@ async fn reconcile<S: Store>(
     table: &RouteTable,
     settings: &Settings,
     state: &Arc<Mutex<State>>,
+    engine: &Arc<Notify>,
 ) -> Result<bool, ReconcileError> {
     let webspaces = store.list::<Webspace>().await?;
     let releases = store.list::<Release>().await?;
@@ -488,6 +481,12 @@ async fn reconcile<S: Store>(
     table.replace(routing.routes);
     state.lock().await.routed = routing.routed;
     let unreached = routing.unreached;
+    let served: HashSet<String> = routing
+        .previously
+        .values()
+        .map(|(_, release)| release.clone())
+        .chain(serving.iter().cloned())
+        .collect();
     for (release, url) in live {
         set_phase(store, release, "Live", None, url).await?;
     }
@@ -529,37 +528,66 @@ async fn reconcile<S: Store>(
             .await?;
         }
     }
-    // Releases left `Staged` by a push that died (the server stopped during it) fail, so their
-    // containers go below instead of waiting forever for a promotion.
+    // Staged releases are verified beside the passes; those left by a push that died (its
+    // client left, or the server stopped during it) fail, so their containers go below.
     let started = state.lock().await.started;
     for release in &releases {
-        if release.phase() != "Staged" {
+        let name = release.metadata.name.as_deref().unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let gone = release.phase() == phase::STAGED
+            && settings
+                .data
+                .as_ref()
+                .is_some_and(|data| !slipway_store::pushes::running(data, name));
+        let reason = crate::verify::abandoned(release, Some(started), now)
+            .or(gone.then_some(crate::verify::PUSH_GONE));
+        if let Some(reason) = reason {
+            // As it is now: a push of the same commit since may have staged it anew.
+            let Some(current) = store.get::<Release>(name).await? else {
+                continue;
+            };
+            if current.phase() == release.phase() && current.pushed_at() == release.pushed_at() {
+                tracing::info!(release = name, reason, "abandoned release failed");
+                set_phase(
+                    store,
+                    &current,
+                    phase::FAILED,
+                    Some(reason.to_owned()),
+                    None,
+                )
+                .await?;
+            }
             continue;
         }
-        let Some(reason) = abandoned(release, started, k8s_openapi::jiff::Timestamp::now()) else {
-            continue;
-        };
-        // As it is now: a push of the same commit since may have staged it anew.
-        let name = release.metadata.name.as_deref().unwrap_or_default();
-        let Some(current) = store.get::<Release>(name).await? else {
-            continue;
-        };
-        if current.phase() == "Staged" && current.pushed_at() == release.pushed_at() {
-            tracing::info!(release = name, reason, "abandoned release failed");
-            set_phase(store, &current, "Failed", Some(reason.to_owned()), None).await?;
+        if release.phase() == phase::STAGED && state.lock().await.verifying.insert(name.to_owned())
+        {
+            let webspace = webspaces
+                .iter()
+                .find(|w| w.metadata.name.as_deref() == Some(release.spec.webspace.as_str()))
+                .cloned();
+            tokio::spawn(verify(
+                store.clone(),
+                docker.clone(),
+                settings.clone(),
+                state.clone(),
+                engine.clone(),
+                release.clone(),
+                webspace,
+                runtimes.clone(),
+            ));
         }
     }
-    // Containers that serve nothing wanted stop after the drain delay. A release's container
-    // that is staged (started by pre-receive) or promoted but not routed yet is left alone.
-    // The Releases are read again *after* listing the containers: the hook records a Release
-    // before it starts its container, so every container listed has its Release in this read,
-    // however long this pass took (the list it started from may predate the push).
+    // Containers that serve nothing wanted stop after the drain delay (at once when they never
+    // served). A release's container that is staged, verified or promoted but not routed yet
+    // is left alone. The Releases are read again *after* listing the containers: a Release is
+    // recorded before its container starts, so every container listed has its Release in this
+    // read, however long this pass took (the list it started from may predate the push).
     let containers = docker::list(docker, &settings.instance).await?;
     let pending: HashSet<String> = store
         .list::<Release>()
         .await?
         .into_iter()
-        .filter(|r| matches!(r.phase(), "Staged" | "Promoted"))
+        .filter(|r| matches!(r.phase(), phase::STAGED | phase::VERIFIED | phase::PROMOTED))
         .filter_map(|r| r.metadata.name)
         .collect();
     for container in containers {
@@ -577,7 +605,7 @@ async fn reconcile<S: Store>(
         drop(guard);
         let docker = docker.clone();
         let state = state.clone();
-        let drain = if container.running {
+        let drain = if container.running && served.contains(&container.release) {
             settings.drain
         } else {
             Duration::ZERO
@@ -592,45 +620,120 @@ async fn reconcile<S: Store>(
     Ok(settled)
 }
 
-#[cfg(test)]
-mod tests {
-    use k8s_openapi::jiff::Timestamp;
-
-    use super::*;
-
-    fn staged_at(at: &str) -> Release {
-        let mut release = Release::new("r", crate::fixtures::release_spec());
-        release.metadata.annotations = Some(
-            [(
-                slipway_api::resources::PUSHED_AT_ANNOTATION.to_owned(),
-                at.to_owned(),
-            )]
-            .into(),
-        );
-        release
+/// Verifies the staged `release`: starts its container without traffic and waits for its
+/// health check; records `Verified`, or `Failed` with the reason, a hint and its last log lines
+/// (removing the container). Then pokes a pass: a push of the same commit may be waiting for
+/// this one to end.
+#[allow(clippy::too_many_arguments)]
+async fn verify<S: Store>(
+    store: S,
+    docker: Docker,
+    settings: Settings,
+    state: Arc<Mutex<State>>,
+    engine: Arc<Notify>,
+    release: Release,
+    webspace: Option<Webspace>,
+    runtimes: Vec<Runtime>,
+) {
+    let name = release.metadata.name.clone().unwrap_or_default();
+    if let Err(error) = verify_one(
+        &store, &docker, &settings, &state, &release, webspace, &runtimes,
+    )
+    .await
+    {
+        tracing::warn!(release = %name, %error, "cannot record the verification");
     }
+    state.lock().await.verifying.remove(&name);
+    engine.notify_one();
+}
 
-    #[test]
-    fn a_staged_release_is_abandoned_when_older_than_the_server_or_the_limit() {
-        let at = |t: &str| t.parse::<Timestamp>().expect("time");
-        let started = at("2026-12-01T10:00:00Z");
-        let now = at("2026-12-01T10:30:00Z");
-        assert_eq!(
-            abandoned(&staged_at("2026-12-01T10:00:01Z"), started, now),
-            None,
-            "a push of this server, still within the limit"
-        );
-        assert!(
-            abandoned(&staged_at("2026-12-01T09:59:59Z"), started, now)
-                .is_some_and(|r| r.contains("the server stopped during it"))
-        );
-        let later = at("2026-12-01T11:00:02Z");
-        assert!(
-            abandoned(&staged_at("2026-12-01T10:00:01Z"), started, later)
-                .is_some_and(|r| r.contains("within an hour"))
-        );
-        // Without any time it is left alone.
-        let undated = Release::new("u", crate::fixtures::release_spec());
-        assert_eq!(abandoned(&undated, started, later), None);
+async fn verify_one<S: Store>(
+    store: &S,
+    docker: &Docker,
+    settings: &Settings,
+    state: &Arc<Mutex<State>>,
+    release: &Release,
+    webspace: Option<Webspace>,
+    runtimes: &[Runtime],
+) -> Result<(), StoreError> {
+    let name = release.metadata.name.clone().unwrap_or_default();
+    let planned = webspace.as_ref().and_then(|webspace| {
+        crate::verify::deployment(webspace, runtimes, release, &settings.hosts)
+    });
+    let Some((deployment, from)) = planned else {
+        settle(
+            store,
+            release,
+            crate::verify::not_started(&format!(
+                "webspace `{}` no longer exists",
+                release.spec.webspace
+            )),
+        )
+        .await?;
+        return Ok(());
+    };
+    let path = &settings.health_path;
+    if !settle(
+        store,
+        release,
+        crate::verify::starting(&deployment, &from, path),
+    )
+    .await?
+    {
+        return Ok(());
     }
+    // Never one found running: it may be an earlier push's of the same commit, on its way out.
+    let container = match docker::start(docker, &settings.instance, &deployment).await {
+        Ok(container) => container,
+        Err(error) => {
+            tracing::warn!(release = %name, %error, "cannot start a staged release");
+            let why = crate::chain(&error);
+            settle(store, release, crate::verify::not_started(&why)).await?;
+            return Ok(());
+        }
+    };
+    tracing::info!(release = %name, "verifying a staged release");
+    match docker::wait_ready(docker, &container, path, settings.health_timeout).await {
+        Ok(status) => {
+            state.lock().await.healthy.insert(name.clone());
+            if !settle(store, release, crate::verify::verified(path, status)).await? {
+                // Withdrawn meanwhile: a pass removes its container.
+                state.lock().await.healthy.remove(&name);
+            }
+        }
+        Err(probe) => {
+            tracing::info!(release = %name, %probe, "staged release is not healthy");
+            let (_, logs) = docker::diagnose(docker, &container.id).await;
+            docker::remove(docker, &container.id).await;
+            let failed = crate::verify::unhealthy(
+                &release.spec.webspace,
+                &deployment,
+                &from,
+                path,
+                &probe,
+                logs,
+            );
+            settle(store, release, failed).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `status` to `release` if it is still the same push's staged release (not withdrawn,
+/// failed as abandoned, or staged anew by another push); returns whether it did.
+async fn settle<S: Store>(
+    store: &S,
+    release: &Release,
+    status: ReleaseStatus,
+) -> Result<bool, StoreError> {
+    let name = release.metadata.name.as_deref().unwrap_or_default();
+    let Some(mut current) = store.get::<Release>(name).await? else {
+        return Ok(false);
+    };
+    if current.phase() != phase::STAGED || current.pushed_at() != release.pushed_at() {
+        return Ok(false);
+    }
+    current.status = Some(status);
+    store.put(&current).await?;
+    Ok(true)
 }

@@ -174,6 +174,7 @@ mod tests {
             phase: Some(phase.into()),
             reason: Some("crashed".into()),
             url: None,
+            ..Default::default()
         });
         release
     }

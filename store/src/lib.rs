@@ -5,6 +5,7 @@ mod any;
 mod directory;
 mod documents;
 mod kube_api;
+pub mod pushes;
 mod table;
 
 use std::future::Future;

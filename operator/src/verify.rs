@@ -1,0 +1,174 @@
+//! Verifying staged releases: what both drivers decide alike. A push's pre-receive records its
+//! Release as `Staged` and waits; the driver starts it without traffic and moves it to
+//! `Verified` once it answers its health check, or to `Failed` with a reason, a hint and the
+//! app's last log lines. What the pusher reads comes from here, so both modes say the same.
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use slipway_api::resources::{ReleaseStatus, phase};
+use slipway_api::{Release, Runtime, Webspace};
+
+use crate::desired::{Deployment, PortFrom};
+use crate::hosts::Hosts;
+
+/// How long a Release may stay `Staged` or `Verified` before the operator fails it as
+/// abandoned: a push stages it after its build, pushes the image, waits for the verdict and
+/// promotes it within minutes. One that waits longer was left by a push that never finished.
+pub const STAGED_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What `release` runs as once promoted, and where its port comes from; `None` when its
+/// webspace is not among `webspaces`.
+pub fn deployment(
+    webspace: &Webspace,
+    runtimes: &[Runtime],
+    release: &Release,
+    hosts: &Hosts,
+) -> Option<(Deployment, PortFrom)> {
+    let mut promoted = release.clone();
+    promoted.status = Some(ReleaseStatus {
+        phase: Some(phase::PROMOTED.to_owned()),
+        ..Default::default()
+    });
+    let deployment = crate::desired(std::slice::from_ref(webspace), &[promoted], runtimes, hosts)
+        .into_iter()
+        .next()?;
+    let (_, from) = crate::desired::port(webspace, runtimes, release);
+    Some((deployment, from))
+}
+
+/// A staged release's status while it starts: what it waits for.
+pub fn starting(deployment: &Deployment, from: &PortFrom, health_path: &str) -> ReleaseStatus {
+    ReleaseStatus {
+        phase: Some(phase::STAGED.to_owned()),
+        reason: Some(format!(
+            "no answer yet on port {} ({from}) at `{health_path}`",
+            deployment.port
+        )),
+        ..Default::default()
+    }
+}
+
+/// A release that answered: `Verified`.
+pub fn verified(health_path: &str, status: u16) -> ReleaseStatus {
+    ReleaseStatus {
+        phase: Some(phase::VERIFIED.to_owned()),
+        reason: Some(format!("answers `{health_path}` (HTTP {status})")),
+        ..Default::default()
+    }
+}
+
+/// A release that did not answer in time (or whose pods cannot start): `Failed`, with what to
+/// check and the app's last log lines.
+pub fn unhealthy(
+    webspace: &str,
+    deployment: &Deployment,
+    from: &PortFrom,
+    health_path: &str,
+    why: &str,
+    logs: Vec<String>,
+) -> ReleaseStatus {
+    ReleaseStatus {
+        phase: Some(phase::FAILED.to_owned()),
+        reason: Some(format!("did not become healthy on `{health_path}` ({why})")),
+        hint: Some(format!(
+            "the app must listen on $PORT, here {} (from {from}), and answer `{health_path}` with HTTP 200-399; if it listens on another port, set `spec.port` of webspace `{webspace}` to it (or EXPOSE that one port in the Dockerfile)",
+            deployment.port
+        )),
+        logs,
+        ..Default::default()
+    }
+}
+
+/// A release that could not be started at all (the engine or the cluster refused it).
+pub fn not_started(why: &str) -> ReleaseStatus {
+    ReleaseStatus {
+        phase: Some(phase::FAILED.to_owned()),
+        reason: Some(format!("could not be started: {why}")),
+        hint: Some("this is the server's trouble, not the app's; try again later".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Why a `Staged` or `Verified` Release can no longer be promoted, if it cannot: it was
+/// staged before this operator started (`started`, on one host where the operator and the
+/// pushes share a process), or longer ago than [`STAGED_LIMIT`].
+pub fn abandoned(
+    release: &Release,
+    started: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<&'static str> {
+    if !matches!(release.phase(), phase::STAGED | phase::VERIFIED) {
+        return None;
+    }
+    let pushed = release.pushed_at()?;
+    if started.is_some_and(|started| pushed < started) {
+        return Some("its push did not finish: the server stopped during it");
+    }
+    let limit = SignedDuration::try_from(STAGED_LIMIT).ok()?;
+    (now.duration_since(pushed) > limit)
+        .then_some("its push did not finish within an hour of staging it")
+}
+
+/// The reason of a staged release whose push is gone (its client left, or git was killed).
+pub const PUSH_GONE: &str = "its push did not finish: the client left or git was stopped";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged_at(at: &str, phase: &str) -> Release {
+        let mut release = Release::new("r", crate::fixtures::release_spec());
+        release.metadata.annotations = Some(
+            [(
+                slipway_api::resources::PUSHED_AT_ANNOTATION.to_owned(),
+                at.to_owned(),
+            )]
+            .into(),
+        );
+        release.status = Some(ReleaseStatus {
+            phase: Some(phase.to_owned()),
+            ..Default::default()
+        });
+        release
+    }
+
+    #[test]
+    fn a_waiting_release_is_abandoned_when_older_than_the_server_or_the_limit() {
+        let at = |t: &str| t.parse::<Timestamp>().expect("time");
+        let started = Some(at("2026-12-01T10:00:00Z"));
+        let now = at("2026-12-01T10:30:00Z");
+        for waiting in [phase::STAGED, phase::VERIFIED] {
+            assert_eq!(
+                abandoned(&staged_at("2026-12-01T10:00:01Z", waiting), started, now),
+                None,
+                "a push of this server, still within the limit"
+            );
+            assert!(
+                abandoned(&staged_at("2026-12-01T09:59:59Z", waiting), started, now)
+                    .is_some_and(|r| r.contains("the server stopped during it"))
+            );
+            let later = at("2026-12-01T11:00:02Z");
+            assert!(
+                abandoned(&staged_at("2026-12-01T10:00:01Z", waiting), started, later)
+                    .is_some_and(|r| r.contains("within an hour"))
+            );
+            // On a cluster the operator's start says nothing about pushes.
+            assert_eq!(
+                abandoned(&staged_at("2026-12-01T09:59:59Z", waiting), None, now),
+                None
+            );
+        }
+        let later = at("2026-12-01T11:00:02Z");
+        assert_eq!(
+            abandoned(
+                &staged_at("2026-12-01T09:00:00Z", phase::PROMOTED),
+                started,
+                later
+            ),
+            None,
+            "a promoted release is the rollout's business"
+        );
+        // Without any time it is left alone.
+        let undated = Release::new("u", crate::fixtures::release_spec());
+        assert_eq!(abandoned(&undated, started, later), None);
+    }
+}
