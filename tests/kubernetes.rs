@@ -625,7 +625,9 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         },
     );
 
-    step("an app that crashes: its Release fails with the reason, the previous one serves");
+    step(
+        "an app that crashes: the push is rejected with the reason, no ref moves, the previous one serves",
+    );
     let files = vec![
         (
             "Dockerfile",
@@ -635,11 +637,44 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         ),
         ("index.html", "never\n".to_owned()),
     ];
-    // A push whose release fails: what it printed.
+    // A push whose release fails verification: rejected before the ref moves, nothing of it
+    // left (no Release, no Deployment); what it printed.
     let push_failing = |files: &[(&'static str, String)], message: &str| {
+        let remote_main = || {
+            let listed = client.git(&app, &["ls-remote", &url, "refs/heads/main"]);
+            String::from_utf8_lossy(&listed.stdout).trim().to_owned()
+        };
+        let before = remote_main();
         commit(&client, &app, &as_refs(files), message);
-        let said = stderr(&client.git(&app, &["push", &url, "main"]));
-        assert!(said.contains("failed to go live"), "{said}\n{}", logs());
+        let pushed = client.git(&app, &["push", &url, "main"]);
+        let said = stderr(&pushed);
+        assert!(!pushed.status.success(), "{said}");
+        assert!(
+            said.contains("remote: error: `main` did not become healthy")
+                && said.contains("the previous release keeps serving")
+                && said.contains("pre-receive hook declined"),
+            "{said}\n{}",
+            logs()
+        );
+        assert_eq!(remote_main(), before, "the ref did not move");
+        let head = client.git(&app, &["rev-parse", "--short=10", "HEAD"]);
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+        eventually(
+            "the rejected release and its Deployment gone",
+            Duration::from_secs(30),
+            &logs,
+            || {
+                !cluster
+                    .jsonpath(&["releases"], "{.items[*].metadata.name}")
+                    .contains(&head)
+                    && !cluster
+                        .jsonpath(
+                            &["deployments", "-n", &namespace],
+                            "{.items[*].metadata.name}",
+                        )
+                        .contains(&head)
+            },
+        );
         said
     };
     // The previous release serves, and the webspace is Ready on it again.
@@ -670,14 +705,9 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         said.contains("the-app-says-boom"),
         "the app's last log line: {said}"
     );
-    let crashed = cluster.jsonpath(
-        &["releases"],
-        "{.items[?(@.status.phase==\"Failed\")].metadata.name}",
-    );
-    assert!(!crashed.trim().is_empty(), "a Failed Release");
-    assert_eq!(
-        cluster.condition(&name, "Released", "reason"),
-        "RolloutFailed"
+    assert!(
+        said.contains("CrashLoopBackOff"),
+        "the pod's reason: {said}"
     );
     let described = cluster.ok(&["describe", "webspace", &name]);
     assert!(
@@ -688,7 +718,9 @@ fn the_kubernetes_journey_on_a_real_cluster() {
     previous_serves();
     assert_eq!(get(&main_address).as_deref(), Some("version two"));
 
-    step("an app that never gets ready: failed at the progress deadline, the previous one serves");
+    step(
+        "an app that never gets ready: rejected at the progress deadline, the previous one serves",
+    );
     let files = vec![
         (
             "Dockerfile",
@@ -701,8 +733,6 @@ fn the_kubernetes_journey_on_a_real_cluster() {
     ];
     let said = push_failing(&files, "never ready");
     assert!(said.contains("progress deadline"), "{said}");
-    let released = cluster.condition(&name, "Released", "message");
-    assert!(released.contains("progress deadline"), "{released}");
     previous_serves();
 
     step("more pods than the quota: the Webspace says why, and the serving release stays");

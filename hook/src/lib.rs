@@ -313,9 +313,9 @@ async fn stage_all(
     result
 }
 
-/// Whether an operator verifies staged releases: `slipway up` on this host.
+/// Whether an operator verifies staged releases: `slipway up` on this host, or the cluster's.
 fn verified(config: &Config) -> bool {
-    config.rollout
+    config.rollout || config.store == Backend::Kube
 }
 
 async fn stage_and_verify(

@@ -109,7 +109,7 @@ pub fn newest_per_branch<'a>(
 }
 
 /// The Releases to delete so that each (webspace, branch) keeps its newest `keep`: never one
-/// in `serving`, and never a staged one (its push is still deciding).
+/// in `serving`, and never a staged or verified one (its push is still deciding).
 pub fn prunable<'a>(
     releases: &'a [Release],
     keep: usize,
@@ -130,7 +130,7 @@ pub fn prunable<'a>(
         list.sort_by_key(|r| std::cmp::Reverse(r.order()));
         doomed.extend(list.into_iter().skip(keep).filter(|r| {
             let name = r.metadata.name.as_deref().unwrap_or_default();
-            !serving.contains(name) && r.phase() != "Staged"
+            !serving.contains(name) && !matches!(r.phase(), "Staged" | "Verified")
         }));
     }
     doomed

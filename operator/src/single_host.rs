@@ -696,7 +696,13 @@ async fn verify_one<S: Store>(
     match docker::wait_ready(docker, &container, path, settings.health_timeout).await {
         Ok(status) => {
             state.lock().await.healthy.insert(name.clone());
-            if !settle(store, release, crate::verify::verified(path, status)).await? {
+            if !settle(
+                store,
+                release,
+                crate::verify::verified(path, &format!("HTTP {status}")),
+            )
+            .await?
+            {
                 // Withdrawn meanwhile: a pass removes its container.
                 state.lock().await.healthy.remove(&name);
             }

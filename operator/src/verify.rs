@@ -47,11 +47,11 @@ pub fn starting(deployment: &Deployment, from: &PortFrom, health_path: &str) -> 
     }
 }
 
-/// A release that answered: `Verified`.
-pub fn verified(health_path: &str, status: u16) -> ReleaseStatus {
+/// A release that answered (`how`: `HTTP 200`, or its readiness probe passed): `Verified`.
+pub fn verified(health_path: &str, how: &str) -> ReleaseStatus {
     ReleaseStatus {
         phase: Some(phase::VERIFIED.to_owned()),
-        reason: Some(format!("answers `{health_path}` (HTTP {status})")),
+        reason: Some(format!("answers `{health_path}` ({how})")),
         ..Default::default()
     }
 }

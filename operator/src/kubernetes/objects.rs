@@ -1,6 +1,7 @@
 //! The Kubernetes objects Slipway owns, as pure functions of the resources: per Customer a
-//! Namespace with a ResourceQuota and a NetworkPolicy; per branch a Deployment, a Service and an
-//! Ingress. Snapshot tests pin every field; `scripts/check-manifests` validates the snapshots
+//! Namespace with a ResourceQuota and a NetworkPolicy; per release a Deployment; per branch a
+//! Service and an Ingress. A branch's Service selects the pods of one release: switching a
+//! branch to a new release (blue/green) is one change of its selector. Snapshot tests pin every field; `scripts/check-manifests` validates the snapshots
 //! against the official schemas.
 
 use std::collections::BTreeMap;
@@ -49,8 +50,10 @@ pub const POLICY_NAME: &str = "slipway-isolation";
 
 /// Limits of one customer's namespace: a number of pods; its CPU and memory totals are that
 /// many times one app container's requests and limits, so the quota never refuses a pod while
-/// fewer than `pods` run. Rollouts count: a branch rolling out runs one surge pod beside its
-/// replicas.
+/// fewer than `pods` run. Rollouts count: a push's staged release runs one pod beside the
+/// branch's replicas, and once promoted the new release's replicas run beside the old ones
+/// until the switch (and the old ones for [`super::reconcile::DRAIN_GRACE`] after it), so a
+/// branch briefly needs twice its replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
     /// Pods at most, surge pods of rollouts included.
@@ -314,7 +317,13 @@ fn branch_meta(
     }
 }
 
-/// The labels that select a branch's pods.
+/// The name of a release's Deployment: its Release's name, a DNS label unique per webspace,
+/// branch and commit.
+pub fn release_object_name(deployment: &Deployment) -> String {
+    object_name(&deployment.release)
+}
+
+/// The labels of a branch's objects.
 pub fn selector(deployment: &Deployment) -> BTreeMap<String, String> {
     labels(&[
         (WEBSPACE_LABEL, &deployment.webspace),
@@ -322,17 +331,17 @@ pub fn selector(deployment: &Deployment) -> BTreeMap<String, String> {
     ])
 }
 
-/// A pod's labels: the branch's selector and the Release it runs, so the operator can tell
-/// the pods of a new release from those of the one it replaces.
+/// A pod's labels: the branch's and the Release it runs. They select a release's pods for its
+/// Deployment and for the branch's Service while that release serves.
 pub fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
     let mut labels = selector(deployment);
     labels.insert(RELEASE_LABEL.to_owned(), deployment.release.clone());
     labels
 }
 
-/// A branch's Deployment: the release's image (by digest), `PORT` and `spec.env`, a readiness
-/// probe on the HTTP port, a rolling update that never drops below the wanted replicas, and a
-/// progress deadline that marks a rollout failed.
+/// A release's Deployment: the release's image (by digest), `PORT` and `spec.env`, a readiness
+/// probe on the HTTP port, a rolling update (for a change of env or replicas) that never drops
+/// below the wanted replicas, and a progress deadline that marks a rollout failed.
 pub fn deployment(
     webspace: &Webspace,
     namespace: &str,
@@ -405,20 +414,23 @@ pub fn deployment(
         }),
         ..Default::default()
     };
+    let mut metadata = branch_meta(
+        webspace,
+        namespace,
+        wanted,
+        Some(BTreeMap::from([(
+            RELEASE_ANNOTATION.to_owned(),
+            wanted.release.clone(),
+        )])),
+    );
+    metadata.name = Some(release_object_name(wanted));
+    metadata.labels = Some(pod_labels(wanted));
     KubeDeployment {
-        metadata: branch_meta(
-            webspace,
-            namespace,
-            wanted,
-            Some(BTreeMap::from([(
-                RELEASE_ANNOTATION.to_owned(),
-                wanted.release.clone(),
-            )])),
-        ),
+        metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(wanted.replicas),
             selector: LabelSelector {
-                match_labels: Some(selector(wanted)),
+                match_labels: Some(pod_labels(wanted)),
                 ..Default::default()
             },
             revision_history_limit: Some(5),
@@ -455,12 +467,20 @@ pub fn deployment(
     }
 }
 
-/// A branch's Service: port 80 to the pods' HTTP port.
-pub fn service(webspace: &Webspace, namespace: &str, wanted: &Deployment) -> Service {
+/// A branch's Service: port 80 to the HTTP port of the pods of release `serving` (the
+/// branch's wanted release once it is ready, the one before until then).
+pub fn service(
+    webspace: &Webspace,
+    namespace: &str,
+    wanted: &Deployment,
+    serving: &str,
+) -> Service {
+    let mut selected = selector(wanted);
+    selected.insert(RELEASE_LABEL.to_owned(), serving.to_owned());
     Service {
         metadata: branch_meta(webspace, namespace, wanted, None),
         spec: Some(ServiceSpec {
-            selector: Some(selector(wanted)),
+            selector: Some(selected),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: 80,
@@ -642,8 +662,13 @@ pub(crate) mod tests {
                         .expect("json"),
                 );
                 out.push(
-                    serde_json::to_value(service(webspace, &namespace_name, &wanted))
-                        .expect("json"),
+                    serde_json::to_value(service(
+                        webspace,
+                        &namespace_name,
+                        &wanted,
+                        &wanted.release,
+                    ))
+                    .expect("json"),
                 );
                 if let Some(ingress) = ingress(webspace, &namespace_name, &wanted, settings) {
                     out.push(serde_json::to_value(ingress).expect("json"));

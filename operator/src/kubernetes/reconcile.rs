@@ -20,7 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use slipway_api::resources::BranchStatus;
+use slipway_api::resources::{BranchStatus, phase};
 use slipway_api::{Customer, Release, Runtime, Webspace};
 use slipway_store::OPERATOR_FIELD_MANAGER as FIELD_MANAGER;
 
@@ -540,18 +540,42 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             .into_iter()
             .filter(|d| owned_by(d, webspace))
             .partition(|d| d.metadata.namespace.as_deref() == Some(namespace.as_str()));
-    // Pods are read only while a wanted release rolls out (to fail it early when it cannot
-    // start); a settled webspace costs no pod listing.
-    let rolling = |wanted: &[Deployment]| {
-        wanted.iter().any(|w| {
-            current.iter().any(|d| {
-                branch_of(d) == Some(w.label.as_str())
-                    && release_of(d) == Some(w.release.as_str())
-                    && !readiness(d, w).1
-            })
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let services_now: Vec<Service> = if namespaced {
+        services
+            .list(&mine)
+            .await
+            .map_err(call("list", || format!("the Services of Webspace {name}")))?
+            .items
+    } else {
+        Vec::new()
+    };
+    // The Deployment of a release (named after it).
+    let deployed = |release: &str| {
+        current.iter().find(|d| {
+            d.metadata.name.as_deref() == Some(objects::object_name(release).as_str())
+                && release_of(d) == Some(release)
         })
     };
-    let deployed = |label: &str| current.iter().find(|d| branch_of(d) == Some(label));
+    // The release a branch's Service selects now.
+    let selected = |label: &str| {
+        services_now
+            .iter()
+            .filter(|s| s.labels().get(BRANCH_LABEL).map(String::as_str) == Some(label))
+            .find_map(|s| {
+                s.spec
+                    .as_ref()?
+                    .selector
+                    .as_ref()?
+                    .get(RELEASE_LABEL)
+                    .cloned()
+            })
+    };
+    let staged: Vec<Release> = releases
+        .iter()
+        .filter(|r| r.phase() == phase::STAGED)
+        .cloned()
+        .collect();
 
     // A rollout that cannot finish fails its Release; deciding again brings the previous one.
     let decide = |releases: &[Release]| {
@@ -563,7 +587,21 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
         )
     };
     let mut wanted = decide(&releases);
-    let pods: Vec<Pod> = if namespaced && rolling(&wanted) {
+    // Pods are read only while a release starts (to fail it early when it cannot); a settled
+    // webspace costs no pod listing.
+    let starting = wanted
+        .iter()
+        .any(|w| deployed(&w.release).is_some_and(|d| !readiness(d, w).1))
+        || staged.iter().any(|r| {
+            deployed(&r.name_any()).is_some_and(|d| {
+                d.status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0)
+                    < 1
+            })
+        });
+    let pods: Vec<Pod> = if namespaced && starting {
         Api::<Pod>::namespaced(client.clone(), &namespace)
             .list(&mine)
             .await
@@ -572,34 +610,98 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     } else {
         Vec::new()
     };
+    // Why a started release cannot become ready, with the app's last log lines.
+    let stuck_because =
+        async |release: &str, running: &KubeDeployment| match pods_failure(&pods, release) {
+            Some((pod, why)) => Some((why, last_log_lines(client, &namespace, &pod).await)),
+            None => deadline_missed(running).map(|why| (why, Vec::new())),
+        };
+
+    // Staged releases: one pod each, without traffic, until it is ready (Verified) or cannot
+    // be (Failed, and its Deployment removed). Pre-receive waits for the verdict.
+    let deployments: Api<KubeDeployment> = Api::namespaced(client.clone(), &namespace);
+    let mut verifying: Vec<Deployment> = Vec::new();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for release in &staged {
+        let release_name = release.name_any();
+        let verdict = if let Some(why) = crate::verify::abandoned(release, None, now) {
+            Some(failed(why))
+        } else if let Some((mut plan, from)) =
+            crate::verify::deployment(webspace, &runtimes, release, &settings.hosts)
+        {
+            // One ready pod proves it starts; promotion scales it to the webspace's replicas.
+            plan.replicas = 1;
+            let path = &settings.health_path;
+            match deployed(&release_name) {
+                Some(running) if readiness(running, &plan).1 => {
+                    Some(crate::verify::verified(path, "its readiness probe passed"))
+                }
+                Some(running) => match stuck_because(&release_name, running).await {
+                    Some((why, logs)) => {
+                        problems.check(delete_if_present(&deployments, &running.name_any()).await);
+                        Some(crate::verify::unhealthy(
+                            &name, &plan, &from, path, &why, logs,
+                        ))
+                    }
+                    None => {
+                        verifying.push(plan);
+                        None
+                    }
+                },
+                None => {
+                    let starting = crate::verify::starting(&plan, &from, path);
+                    if release.status.as_ref().and_then(|s| s.reason.as_ref())
+                        != starting.reason.as_ref()
+                    {
+                        problems.check(
+                            set_release_status(&release_api, &release_name, json_of(&starting))
+                                .await,
+                        );
+                    }
+                    verifying.push(plan);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(verdict) = verdict else { continue };
+        if verdict.phase.as_deref() == Some(phase::FAILED) {
+            let why = verdict.reason.clone().unwrap_or_default();
+            let note = format!(
+                "release {release_name} of `{}` failed: {why}",
+                release.spec.branch
+            );
+            context
+                .warn(webspace, "ReleaseFailed", "Verify", &note)
+                .await;
+            context.warn(release, "Failed", "Verify", &why).await;
+        }
+        problems.check(set_release_status(&release_api, &release_name, json_of(&verdict)).await);
+        if let Some(release) = releases.iter_mut().find(|r| r.name_any() == release_name) {
+            release.status = Some(verdict);
+        }
+    }
+
     let mut stuck: Vec<(String, String, String)> = Vec::new();
     for branch in &wanted {
-        let Some(running) = deployed(&branch.label) else {
+        let Some(running) = deployed(&branch.release) else {
             continue;
         };
-        if release_of(running) != Some(branch.release.as_str()) {
-            continue;
-        }
         // Only a release that never went live is failed here: failing a live one would bring
         // back an older one still, for what may be the cluster's trouble rather than the app's.
         let live = releases.iter().any(|r| {
-            r.metadata.name.as_deref() == Some(branch.release.as_str()) && r.phase() == "Live"
+            r.metadata.name.as_deref() == Some(branch.release.as_str()) && r.phase() == phase::LIVE
         });
-        if live {
+        if live || readiness(running, branch).1 {
             continue;
         }
-        let why = match pods_failure(&pods, &branch.release) {
-            Some((pod, why)) => {
-                let logs = last_log_lines(client, &namespace, &pod).await;
-                Some(if logs.is_empty() {
-                    why
-                } else {
-                    format!("{why}; last log lines: {}", logs.join(" | "))
-                })
-            }
-            None => deadline_missed(running),
-        };
-        if let Some(why) = why {
+        if let Some((why, logs)) = stuck_because(&branch.release, running).await {
+            let why = if logs.is_empty() {
+                why
+            } else {
+                format!("{why}; last log lines: {}", logs.join(" | "))
+            };
             stuck.push((branch.release.clone(), branch.branch.clone(), why));
         }
     }
@@ -608,7 +710,7 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             set_release_status(
                 &release_api,
                 &failed,
-                serde_json::json!({"phase": "Failed", "reason": why, "url": null}),
+                serde_json::json!({"phase": phase::FAILED, "reason": why, "url": null}),
             )
             .await?;
             let note = format!("release {failed} of `{branch}` failed: {why}");
@@ -621,28 +723,45 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             {
                 context.warn(release, "Failed", "Rollout", &why).await;
                 let status = release.status.get_or_insert_with(Default::default);
-                status.phase = Some("Failed".into());
+                status.phase = Some(phase::FAILED.into());
                 status.reason = Some(why);
             }
         }
         wanted = decide(&releases);
     }
 
-    let deployments: Api<KubeDeployment> = Api::namespaced(client.clone(), &namespace);
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &namespace);
-    // Branches whose objects all applied: only these can go live (a Deployment without its
-    // Service serves nobody).
-    let mut applied_branches = HashSet::new();
+    // Branches whose objects all applied, and the release each branch's Service selects.
+    let mut routed: HashMap<String, String> = HashMap::new();
     if namespaced {
+        for plan in &verifying {
+            problems.check(
+                apply(
+                    &deployments,
+                    &objects::deployment(webspace, &namespace, plan, settings),
+                )
+                .await,
+            );
+        }
         for branch in &wanted {
+            // The Service moves to the wanted release once all its pods are ready; until then
+            // it keeps selecting the release it had (blue/green: one selector change).
+            let ready = deployed(&branch.release).is_some_and(|d| readiness(d, branch).1);
+            let serving = match selected(&branch.label) {
+                Some(previous) if !ready && deployed(&previous).is_some() => previous,
+                _ => branch.release.clone(),
+            };
             let applied = async {
                 apply(
                     &deployments,
                     &objects::deployment(webspace, &namespace, branch, settings),
                 )
                 .await?;
-                apply(&services, &objects::service(webspace, &namespace, branch)).await?;
+                apply(
+                    &services,
+                    &objects::service(webspace, &namespace, branch, &serving),
+                )
+                .await?;
                 match objects::ingress(webspace, &namespace, branch, settings) {
                     Some(ingress) => apply(&ingresses, &ingress).await,
                     None => {
@@ -651,42 +770,105 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
                 }
             };
             if problems.check(applied.await).is_some() {
-                applied_branches.insert(branch.label.clone());
+                routed.insert(branch.label.clone(), serving);
             }
         }
     }
-    let unwanted = current.iter().filter(|d| {
-        !wanted
+
+    // What stays: the wanted releases, what the Services select, what is being verified or
+    // waits for its promotion, and for a grace period the release a branch just left.
+    let waiting: HashSet<String> = releases
+        .iter()
+        .filter(|r| r.phase() == phase::VERIFIED)
+        .map(|r| r.name_any())
+        .chain(verifying.iter().map(|v| v.release.clone()))
+        .chain(wanted.iter().map(|w| w.release.clone()))
+        .chain(routed.values().cloned())
+        .collect();
+    let mut next_check: Option<Duration> = None;
+    for running in &current {
+        let Some(release) = release_of(running) else {
+            problems.check(delete_if_present(&deployments, &running.name_any()).await);
+            continue;
+        };
+        let own_name =
+            running.metadata.name.as_deref() == Some(objects::object_name(release).as_str());
+        if own_name && waiting.contains(release) {
+            continue;
+        }
+        let branch_wanted = wanted
             .iter()
-            .any(|w| Some(w.label.as_str()) == branch_of(d))
-    });
-    for stale in unwanted.chain(&elsewhere) {
-        let object = stale.name_any();
-        let namespace = stale.namespace().unwrap_or_default();
+            .any(|w| Some(w.label.as_str()) == branch_of(running));
+        let exists = releases
+            .iter()
+            .any(|r| r.name_any() == release && r.phase() != phase::FAILED);
+        if own_name && branch_wanted && exists {
+            match left_for(running, now) {
+                None => {
+                    problems.check(mark_unrouted(&deployments, running, now).await);
+                    next_check = Some(DRAIN_GRACE);
+                    continue;
+                }
+                Some(left) if left < DRAIN_GRACE => {
+                    let rest = DRAIN_GRACE.saturating_sub(left);
+                    next_check = Some(next_check.map_or(rest, |n| n.min(rest)));
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        problems.check(delete_if_present(&deployments, &running.name_any()).await);
+    }
+    // The Service and Ingress of a branch no longer wanted (deleted, or its last release
+    // failed before it ever served).
+    for service in &services_now {
+        let label = service.labels().get(BRANCH_LABEL).map(String::as_str);
+        if wanted.iter().any(|w| Some(w.label.as_str()) == label) {
+            continue;
+        }
+        let object = service.name_any();
         let removed = async {
-            delete_if_present(
-                &Api::<Ingress>::namespaced(client.clone(), &namespace),
-                &object,
-            )
-            .await?;
-            delete_if_present(
-                &Api::<Service>::namespaced(client.clone(), &namespace),
-                &object,
-            )
-            .await?;
-            delete_if_present(
-                &Api::<KubeDeployment>::namespaced(client.clone(), &namespace),
-                &object,
-            )
-            .await
+            delete_if_present(&ingresses, &object).await?;
+            delete_if_present(&services, &object).await
         };
         problems.check(removed.await);
     }
+    if !elsewhere.is_empty() {
+        let left: Vec<Service> = Api::<Service>::all(client.clone())
+            .list(&mine)
+            .await
+            .map_err(call("list", || format!("the Services of Webspace {name}")))?
+            .items
+            .into_iter()
+            .filter(|s| s.metadata.namespace.as_deref() != Some(namespace.as_str()))
+            .collect();
+        for service in left {
+            let object = service.name_any();
+            let other = service.namespace().unwrap_or_default();
+            let removed = async {
+                delete_if_present(&Api::<Ingress>::namespaced(client.clone(), &other), &object)
+                    .await?;
+                delete_if_present(&Api::<Service>::namespaced(client.clone(), &other), &object)
+                    .await
+            };
+            problems.check(removed.await);
+        }
+        for stale in &elsewhere {
+            let other = stale.namespace().unwrap_or_default();
+            problems.check(
+                delete_if_present(
+                    &Api::<KubeDeployment>::namespaced(client.clone(), &other),
+                    &stale.name_any(),
+                )
+                .await,
+            );
+        }
+    }
 
     let mut branches = Vec::new();
-    let mut settled = true;
+    let mut settled = verifying.is_empty();
     for branch in &wanted {
-        let running = deployed(&branch.label);
+        let running = deployed(&branch.release);
         let (ready, complete) = running.map(|d| readiness(d, branch)).unwrap_or((0, false));
         // Only while it keeps the branch short of its replicas: the Deployment keeps the
         // condition for a while after it no longer matters.
@@ -697,8 +879,9 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             ));
         }
         let url = settings.url(branch).unwrap_or_default();
-        settled &= complete;
-        if complete && applied_branches.contains(&branch.label) {
+        let switched = routed.get(&branch.label) == Some(&branch.release);
+        settled &= complete && switched;
+        if complete && switched {
             problems.check(mark_live(&release_api, &releases, branch, &url).await);
         }
         branches.push(BranchStatus {
@@ -735,11 +918,60 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     if let Some(first) = problems.errors.into_iter().next() {
         return Err(first);
     }
-    Ok(Action::requeue(if settled {
-        RESYNC
-    } else {
-        WATCH_ROLLOUT
-    }))
+    let next = if settled { RESYNC } else { WATCH_ROLLOUT };
+    Ok(Action::requeue(next_check.map_or(next, |n| n.min(next))))
+}
+
+/// How long the Deployment of a branch's previous release keeps running after the branch's
+/// Service moved to a new one: connections to it drain, and going back is one more switch.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(60);
+
+/// Annotation on a release's Deployment: when its branch's Service stopped selecting it.
+const UNROUTED_ANNOTATION: &str = "slipway.dev/unrouted-at";
+
+/// How long ago the branch's Service left `deployment`, if it was marked.
+fn left_for(deployment: &KubeDeployment, now: k8s_openapi::jiff::Timestamp) -> Option<Duration> {
+    let at: k8s_openapi::jiff::Timestamp = deployment
+        .annotations()
+        .get(UNROUTED_ANNOTATION)?
+        .parse()
+        .ok()?;
+    Some(Duration::try_from(now.duration_since(at)).unwrap_or_default())
+}
+
+async fn mark_unrouted(
+    api: &Api<KubeDeployment>,
+    deployment: &KubeDeployment,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<(), Error> {
+    let name = deployment.name_any();
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {UNROUTED_ANNOTATION: now.to_string()}}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if not_found(&error) => Ok(()),
+        Err(source) => Err(Error {
+            operation: "update",
+            what: format!("Deployment {name}"),
+            source,
+        }),
+    }
+}
+
+/// A staged release's status when it was given up on.
+fn failed(why: &str) -> slipway_api::resources::ReleaseStatus {
+    slipway_api::resources::ReleaseStatus {
+        phase: Some(phase::FAILED.to_owned()),
+        reason: Some(why.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn json_of(status: &slipway_api::resources::ReleaseStatus) -> serde_json::Value {
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 /// Whether `deployment` is this Webspace's (and not a namesake's from before it was recreated).

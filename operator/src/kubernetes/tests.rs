@@ -26,12 +26,32 @@ const RUNTIMES: &str = "/apis/slipway.dev/v1alpha1/runtimes";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/slipway-alice/deployments";
 const ALL_DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 const PODS: &str = "/api/v1/namespaces/slipway-alice/pods";
+const SERVICES: &str = "/api/v1/namespaces/slipway-alice/services";
 const EVENTS: &str = "/api/v1/namespaces/default/events";
 const STATUS: &str = "/apis/slipway.dev/v1alpha1/webspaces/blog/status";
 
-/// The object name of blog's branch `label`.
+/// The object name of blog's branch `label` (its Service and Ingress).
 fn named(label: &str) -> String {
-    objects::branch_object_name(&crate::Deployment {
+    objects::branch_object_name(&branch(label))
+}
+
+/// The Service of blog's branch `label` as the cluster would report it, selecting `release`.
+fn service_of(label: &str, release: &str) -> Value {
+    let wanted = crate::Deployment {
+        label: label.into(),
+        release: release.into(),
+        ..branch(label)
+    };
+    json_of(&objects::service(
+        &blog(),
+        "slipway-alice",
+        &wanted,
+        release,
+    ))
+}
+
+fn branch(label: &str) -> crate::Deployment {
+    crate::Deployment {
         webspace: "blog".into(),
         branch: label.into(),
         label: label.into(),
@@ -42,7 +62,7 @@ fn named(label: &str) -> String {
         env: Default::default(),
         hosts: vec![],
         max_body: None,
-    })
+    }
 }
 
 fn deployment_path(name: &str) -> String {
@@ -60,6 +80,19 @@ fn release_status(name: &str) -> String {
 
 fn list(kind: &str, items: Vec<Value>) -> Answer {
     Answer::Json(json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": items}))
+}
+
+/// Release `name` of blog's `main`, staged just now by a push that waits for its verdict.
+fn staged_now(name: &str) -> Release {
+    let mut staged = release(name, "blog", "main", "Staged");
+    staged.metadata.annotations = Some(
+        [(
+            slipway_api::resources::PUSHED_AT_ANNOTATION.to_owned(),
+            k8s_openapi::jiff::Timestamp::now().to_string(),
+        )]
+        .into(),
+    );
+    staged
 }
 
 fn blog() -> Webspace {
@@ -109,8 +142,12 @@ fn context(client: Client) -> Arc<Context> {
     ))
 }
 
-/// The calls every reconcile of blog starts with, up to listing its Deployments.
-fn preamble(releases: &[Release], deployments: Vec<Value>) -> Vec<(Method, String, Answer)> {
+/// The calls every reconcile of blog starts with, up to listing its Deployments and Services.
+fn preamble(
+    releases: &[Release],
+    deployments: Vec<Value>,
+    services: Vec<Value>,
+) -> Vec<(Method, String, Answer)> {
     vec![
         (
             Method::GET,
@@ -131,13 +168,15 @@ fn preamble(releases: &[Release], deployments: Vec<Value>) -> Vec<(Method, Strin
             ALL_DEPLOYMENTS.into(),
             list("DeploymentList", deployments),
         ),
+        (Method::GET, SERVICES.into(), list("ServiceList", services)),
     ]
 }
 
-fn applies(label: &str) -> Vec<(Method, String, Answer)> {
+/// The applies of branch `label` running `release`: its Deployment, Service and Ingress.
+fn applies(label: &str, release: &str) -> Vec<(Method, String, Answer)> {
     let name = &named(label);
     vec![
-        (Method::PATCH, deployment_path(name), Answer::Echo),
+        (Method::PATCH, deployment_path(release), Answer::Echo),
         (Method::PATCH, service_path(name), Answer::Echo),
         (Method::PATCH, ingress_path(name), Answer::Echo),
     ]
@@ -166,15 +205,19 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 #[tokio::test]
 async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
     let releases = [release("r1", "blog", "main", "Promoted")];
-    let mut script = preamble(&releases, vec![]);
-    script.extend(applies("main"));
+    let mut script = preamble(&releases, vec![], vec![]);
+    script.extend(applies("main", "r1"));
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let (result, bodies) = play(blog(), script).await;
     assert_eq!(
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(5))
     );
-    let deployment = &bodies[7];
+    let deployment = &bodies[8];
+    assert_eq!(
+        deployment["metadata"]["name"], "r1",
+        "one Deployment per release"
+    );
     assert_eq!(
         deployment["metadata"]["annotations"]["slipway.dev/release"],
         "r1"
@@ -193,13 +236,84 @@ async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
         bodies[1]["metadata"]["ownerReferences"][0]["kind"],
         "Customer"
     );
-    let service = &bodies[8];
+    let service = &bodies[9];
     assert_eq!(service["spec"]["ports"][0]["protocol"], "TCP");
-    let status = &bodies[10];
+    assert_eq!(
+        service["spec"]["selector"]["slipway.dev/release"], "r1",
+        "nothing served before: the Service selects the new release at once"
+    );
+    let status = &bodies[11];
     assert_eq!(status["kind"], "Webspace", "status by server-side apply");
     assert_eq!(status["status"]["phase"], "Progressing");
     assert_eq!(condition(status, "Built")["status"], "True");
     assert_eq!(condition(status, "Ready")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_staged_release_starts_one_pod_without_traffic() {
+    let releases = [release("r1", "blog", "main", "Live"), staged_now("r3")];
+    let live = running(&releases, "r1", "main", complete());
+    let mut script = preamble(&releases, vec![live], vec![service_of("main", "r1")]);
+    script.push((
+        Method::PATCH,
+        release_status("r3"),
+        Answer::Json(json_of(&releases[1])),
+    ));
+    script.push((Method::PATCH, deployment_path("r3"), Answer::Echo));
+    script.extend(applies("main", "r1"));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, bodies) = play(blog(), script).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(5)),
+        "watched until its verdict"
+    );
+    assert_eq!(bodies[8]["status"]["phase"], "Staged");
+    assert!(
+        bodies[8]["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no answer yet on port 8080")),
+        "what the push waits for: {}",
+        bodies[8]
+    );
+    let staged = &bodies[9];
+    assert_eq!(staged["spec"]["replicas"], 1);
+    assert_eq!(
+        staged["spec"]["selector"]["matchLabels"]["slipway.dev/release"],
+        "r3"
+    );
+    assert_eq!(
+        bodies[11]["spec"]["selector"]["slipway.dev/release"], "r1",
+        "the Service stays on the live release"
+    );
+}
+
+#[tokio::test]
+async fn a_staged_release_whose_pod_is_ready_is_verified_and_kept() {
+    let releases = [release("r1", "blog", "main", "Live"), staged_now("r3")];
+    let live = running(&releases, "r1", "main", complete());
+    let staged = running(&releases, "r3", "main", complete());
+    let mut script = preamble(
+        &releases,
+        vec![live, staged],
+        vec![service_of("main", "r1")],
+    );
+    script.push((
+        Method::PATCH,
+        release_status("r3"),
+        Answer::Json(json_of(&releases[1])),
+    ));
+    script.extend(applies("main", "r1"));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, bodies) = play(blog(), script).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(
+        bodies[8],
+        json!({"status": {"phase": "Verified", "reason": "answers `/` (its readiness probe passed)"}})
+    );
 }
 
 #[tokio::test]
@@ -208,9 +322,12 @@ async fn a_new_release_goes_live_when_its_rollout_completes() {
         release("r1", "blog", "main", "Live"),
         release("r2", "blog", "main", "Promoted"),
     ];
-    let current = running(&releases, "r2", "main", complete());
-    let mut script = preamble(&releases, vec![current]);
-    script.extend(applies("main"));
+    let old = running(&releases, "r1", "main", complete());
+    let new = running(&releases, "r2", "main", complete());
+    let mut script = preamble(&releases, vec![old, new], vec![service_of("main", "r1")]);
+    script.extend(applies("main", "r2"));
+    // The previous release's Deployment is kept for the drain grace, marked when it left.
+    script.push((Method::PATCH, deployment_path("r1"), Answer::Echo));
     script.push((
         Method::PATCH,
         release_status("r1"),
@@ -225,21 +342,60 @@ async fn a_new_release_goes_live_when_its_rollout_completes() {
     let (result, bodies) = play(blog(), script).await;
     assert_eq!(
         result.expect("reconciled"),
-        Action::requeue(Duration::from_secs(300))
+        Action::requeue(super::reconcile::DRAIN_GRACE),
+        "back when the previous release's grace is over"
     );
     assert_eq!(
-        bodies[10],
+        bodies[9]["spec"]["selector"]["slipway.dev/release"], "r2",
+        "blue/green: the Service switches to the ready release"
+    );
+    assert!(
+        bodies[11]["metadata"]["annotations"]["slipway.dev/unrouted-at"].is_string(),
+        "{}",
+        bodies[11]
+    );
+    assert_eq!(
+        bodies[12],
         json!({"status": {"phase": "Superseded", "url": null, "reason": null}})
     );
     assert_eq!(
-        bodies[11],
+        bodies[13],
         json!({"status": {"phase": "Live", "url": "http://blog.apps.example.com", "reason": null}})
     );
-    let status = &bodies[12];
+    let status = &bodies[14];
     assert_eq!(status["status"]["phase"], "Ready");
     assert_eq!(status["status"]["url"], "http://blog.apps.example.com");
     assert_eq!(status["status"]["branches"][0]["readyReplicas"], 1);
     assert_eq!(condition(status, "Ready")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_promoted_release_takes_traffic_only_once_ready() {
+    let releases = [
+        release("r1", "blog", "main", "Live"),
+        release("r2", "blog", "main", "Promoted"),
+    ];
+    let old = running(&releases, "r1", "main", complete());
+    let new = running(
+        &releases,
+        "r2",
+        "main",
+        json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0,
+            "availableReplicas": 0}),
+    );
+    let mut script = preamble(&releases, vec![old, new], vec![service_of("main", "r1")]);
+    script.push((Method::GET, PODS.into(), list("PodList", vec![])));
+    script.extend(applies("main", "r2"));
+    script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
+    let (result, bodies) = play(blog(), script).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        bodies[10]["spec"]["selector"]["slipway.dev/release"], "r1",
+        "the Service stays on the serving release, whose Deployment stays"
+    );
 }
 
 #[tokio::test]
@@ -251,9 +407,14 @@ async fn a_deleted_branch_loses_its_deployment_service_and_ingress() {
         release("r2", "blog", "feature-x", "Live"),
     ];
     let feature = running(&with_feature, "r2", "feature-x", complete());
-    let mut script = preamble(&releases, vec![main, feature]);
-    script.extend(applies("main"));
+    let mut script = preamble(
+        &releases,
+        vec![main, feature],
+        vec![service_of("main", "r1"), service_of("feature-x", "r2")],
+    );
+    script.extend(applies("main", "r1"));
     script.extend([
+        (Method::DELETE, deployment_path("r2"), Answer::Status(200)),
         (
             Method::DELETE,
             ingress_path(&named("feature-x")),
@@ -264,11 +425,6 @@ async fn a_deleted_branch_loses_its_deployment_service_and_ingress() {
             service_path(&named("feature-x")),
             Answer::Status(200),
         ),
-        (
-            Method::DELETE,
-            deployment_path(&named("feature-x")),
-            Answer::Status(200),
-        ),
     ]);
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let (result, _) = play(blog(), script).await;
@@ -276,21 +432,22 @@ async fn a_deleted_branch_loses_its_deployment_service_and_ingress() {
 }
 
 #[tokio::test]
-async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous_image() {
+async fn a_rollout_past_its_deadline_fails_its_release_and_the_previous_one_keeps_serving() {
     let releases = [
         release("r1", "blog", "main", "Live"),
         release("r2", "blog", "main", "Promoted"),
     ];
+    let old = running(&releases, "r1", "main", complete());
     let stuck = running(
         &releases,
         "r2",
         "main",
-        json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1,
-            "availableReplicas": 1, "conditions": [{"type": "Progressing", "status": "False",
+        json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0,
+            "availableReplicas": 0, "conditions": [{"type": "Progressing", "status": "False",
             "reason": "ProgressDeadlineExceeded",
-            "message": "ReplicaSet \"blog-main-7d\" has timed out progressing."}]}),
+            "message": "ReplicaSet \"r2-7d\" has timed out progressing."}]}),
     );
-    let mut script = preamble(&releases, vec![stuck]);
+    let mut script = preamble(&releases, vec![old, stuck], vec![service_of("main", "r1")]);
     // A rollout under way: its pods are read, to fail it early if they cannot start.
     script.push((Method::GET, PODS.into(), list("PodList", vec![])));
     script.push((
@@ -301,26 +458,27 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous
     // Warning Events on the Webspace and on the Release.
     script.push((Method::POST, EVENTS.into(), Answer::Echo));
     script.push((Method::POST, EVENTS.into(), Answer::Echo));
-    script.extend(applies("main"));
+    script.extend(applies("main", "r1"));
+    script.push((Method::DELETE, deployment_path("r2"), Answer::Status(200)));
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let (result, bodies) = play(blog(), script).await;
     result.expect("reconciled");
-    assert_eq!(bodies[8]["status"]["phase"], "Failed");
+    assert_eq!(bodies[9]["status"]["phase"], "Failed");
     assert!(
-        bodies[8]["status"]["reason"]
+        bodies[9]["status"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("progress deadline")),
         "{}",
-        bodies[8]
+        bodies[9]
     );
-    assert_eq!(bodies[9]["reason"], "ReleaseFailed");
-    assert_eq!(bodies[9]["type"], "Warning");
-    assert_eq!(bodies[9]["involvedObject"]["kind"], "Webspace");
+    assert_eq!(bodies[10]["reason"], "ReleaseFailed");
+    assert_eq!(bodies[10]["type"], "Warning");
+    assert_eq!(bodies[10]["involvedObject"]["kind"], "Webspace");
     assert!(
-        bodies[9].get("eventTime").is_none(),
+        bodies[10].get("eventTime").is_none(),
         "1.20 refuses new-style events about cluster-scoped objects outside kube-system"
     );
-    let restored = &bodies[11];
+    let restored = &bodies[12];
     assert_eq!(
         restored["metadata"]["annotations"]["slipway.dev/release"],
         "r1"
@@ -329,9 +487,10 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_restores_the_previous
     assert_eq!(
         image,
         json!(settings().node_image(&releases[0].spec.image)),
-        "the previous release's image is applied again"
+        "the previous release is wanted again"
     );
-    let released = condition(&bodies[14], "Released");
+    assert_eq!(bodies[13]["spec"]["selector"]["slipway.dev/release"], "r1");
+    let released = condition(&bodies[16], "Released");
     assert_eq!(released["reason"], "RolloutFailed");
 }
 
@@ -369,14 +528,10 @@ async fn an_api_error_is_reported_requeues_with_backoff_and_other_branches_and_w
         release("r1", "blog", "main", "Promoted"),
         release("r2", "blog", "feature-x", "Promoted"),
     ];
-    let mut script = preamble(&releases, vec![]);
+    let mut script = preamble(&releases, vec![], vec![]);
     // feature-x's Deployment is refused; main's objects are applied all the same.
-    script.push((
-        Method::PATCH,
-        deployment_path(&named("feature-x")),
-        Answer::Status(500),
-    ));
-    script.extend(applies("main"));
+    script.push((Method::PATCH, deployment_path("r2"), Answer::Status(500)));
+    script.extend(applies("main", "r1"));
     script.push((Method::POST, EVENTS.into(), Answer::Echo));
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let script: Vec<(Method, &str, Answer)> = script
@@ -389,18 +544,15 @@ async fn an_api_error_is_reported_requeues_with_backoff_and_other_branches_and_w
     let error = reconcile(blog.clone(), context.clone())
         .await
         .expect_err("the apply failed");
-    assert_eq!(
-        error.to_string(),
-        format!("cannot apply Deployment {}", named("feature-x"))
-    );
+    assert_eq!(error.to_string(), "cannot apply Deployment r2");
     let bodies = server.finish().await;
-    assert_eq!(bodies[11]["reason"], "ReconcileError");
-    let ready = condition(&bodies[12], "Ready");
+    assert_eq!(bodies[12]["reason"], "ReconcileError");
+    let ready = condition(&bodies[13], "Ready");
     assert_eq!(ready["reason"], "ReconcileError");
     assert!(
         ready["message"]
             .as_str()
-            .is_some_and(|m| m.contains(&named("feature-x"))),
+            .is_some_and(|m| m.contains("Deployment r2")),
         "{ready}"
     );
     assert_eq!(
