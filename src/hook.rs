@@ -76,6 +76,10 @@ pub struct HookArgs {
 /// Reads git's `old new ref` lines from stdin and runs the hook; the exit code is the verdict.
 pub fn run(args: HookArgs) -> ExitCode {
     let reporter = Reporter::new(Some(args.data.join("logs").join("hooks.log")));
+    if !slipway_hook::die_with_git() {
+        reporter.log("git ended before its hook started; nothing done");
+        return ExitCode::FAILURE;
+    }
     let mut input = String::new();
     if std::io::stdin().read_to_string(&mut input).is_err() {
         reporter.error("cannot read the pushed refs", None);

@@ -367,6 +367,67 @@ fn restarting_up_keeps_apps_serving_without_duplicates_even_after_the_customer_l
 }
 
 #[test]
+fn a_push_whose_server_was_killed_during_its_build_goes_live_when_pushed_again() {
+    // A service manager's stop: TERM, then KILL 5 s later, while the push builds (the server's
+    // own grace is longer, so it dies with the push in flight).
+    let mut host = Host::with(&["--drain", "1", "--shutdown-grace", "60"]);
+    let app = host.scratch.path("app");
+    // Never in the build cache: the build is still running when the server dies.
+    let dockerfile = format!(
+        "FROM slipway-test/busybox:latest\nCOPY . /www\nRUN echo {:?} && sleep 8\nCMD exec httpd -f -p \"$PORT\" -h /www\n",
+        std::time::SystemTime::now()
+    );
+    work_tree(
+        &host.alice,
+        &app,
+        &[
+            ("Dockerfile", &dockerfile),
+            ("index.html", "after the kill\n"),
+        ],
+    );
+    let url = host.server().url(&format!("{}.git", host.name));
+    let mut push = host
+        .alice
+        .git_command(&app, &["push", &url, "main"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("push");
+    let repository = host.scratch.data().join(format!("repos/{}.git", host.name));
+    wait_for("the build to run", Duration::from_secs(60), || {
+        processes_in(&repository)
+            .iter()
+            .any(|p| p.contains("hook pre-receive"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut server = host.server.take().expect("server");
+    server.terminate();
+    std::thread::sleep(Duration::from_secs(5));
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("wait");
+    drop(server);
+    let _ = push.kill();
+    let _ = push.wait();
+    // What the killed server started dies with it: nothing of the push runs on.
+    wait_for(
+        "the push's git and hook processes to go",
+        Duration::from_secs(20),
+        || processes_in(&repository).is_empty(),
+    );
+
+    host.server = Some(Server::up(&host.scratch.data(), &["--drain", "1"]));
+    let again = host.push(&app, &["main"]);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("deployed `main`"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(host.get(&host.name), (200, "after the kill\n".to_owned()));
+    assert_eq!(host.containers().len(), 1, "one container serves");
+    assert_fsck(&repository);
+}
+
+#[test]
 fn a_release_left_staged_by_a_push_the_server_stopped_is_failed_and_removed_after_a_restart() {
     let mut host = Host::with(&["--drain", "1", "--shutdown-grace", "1"]);
     let app = host.scratch.path("app");

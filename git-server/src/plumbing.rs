@@ -71,8 +71,12 @@ pub async fn run(
         Service::UploadPack => "fetch",
     };
     // git starts in the opened directory and is told `.`: it never resolves the repository's
-    // name, which could have become a link since it was checked.
-    let mut child = Command::new("git")
+    // name, which could have become a link since it was checked. It runs under `setpriv
+    // --pdeathsig KILL` (util-linux): a server killed outright (SIGKILL, nothing runs to clean
+    // up) takes git with it, and git its hooks (`slipway hook` asks for the same), so no push
+    // goes on unwatched and moves a ref after its server died.
+    let mut child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "git"])
         .arg(invocation.service.subcommand())
         .arg(".")
         .current_dir(invocation.repository.working_directory())

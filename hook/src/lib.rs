@@ -97,6 +97,18 @@ fn short(id: &str) -> &str {
     id.get(..7).unwrap_or(id)
 }
 
+/// Makes this process die (SIGKILL) when its parent, git, does: a git killed with its server
+/// takes its hooks along instead of leaving a build, or a wait for a verdict, running with
+/// nobody to report to. Returns `false` when git is already gone.
+pub fn die_with_git() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
+        return true;
+    }
+    // Set after git may have died: then this process was already handed to another parent.
+    std::os::unix::process::parent_id() == parent
+}
+
 /// Runs pre-receive on git's `old new ref` lines. Returns whether the push is accepted.
 pub async fn pre_receive(config: &Config, input: &str, reporter: &Reporter) -> bool {
     match pre_receive_inner(config, input, reporter).await {
