@@ -599,6 +599,10 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         .await?;
     }
     say(&format!("slipway git server listening on {address}"));
+    // The operator, the router and the build step limits stop once in-flight pushes are over,
+    // not at the signal: a push that is still running needs them to be verified, to go live
+    // and to answer when it says it is live.
+    let pushes_over = CancellationToken::new();
     let mut background = Vec::new();
     if let Some(rollout) = rollout {
         let http = TcpListener::bind(rollout.http_listen)
@@ -634,21 +638,21 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         background.push(tokio::spawn(slipway_hook::steps::enforce(
             PathBuf::from("/sys/fs/cgroup"),
             rollout.build_steps,
-            shutdown.clone(),
+            pushes_over.clone(),
         )));
         background.push(tokio::spawn(slipway_operator::router::run(
             http,
             table.clone(),
             rollout.router_threads,
             rollout.router_limits,
-            shutdown.clone(),
+            pushes_over.clone(),
         )));
         background.push(tokio::spawn(slipway_operator::single_host::run(
             store.clone(),
             docker,
             table,
             settings,
-            shutdown.clone(),
+            pushes_over.clone(),
         )));
     }
     say(&format!(
@@ -656,10 +660,12 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
         slipway_git_server::host_key::fingerprint(&key),
         data.display()
     ));
-    let drain = slipway_git_server::run(listener, config, store, shutdown).await?;
+    let drain = slipway_git_server::run(listener, config, store, shutdown).await;
+    pushes_over.cancel();
     for task in background {
         let _ = task.await;
     }
+    let drain = drain?;
     if drain.finished {
         say("slipway: stopped; every running push finished");
     } else {

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod lock;
 pub mod metrics;
 pub mod plumbing;
+pub mod quarantine;
 pub mod repository;
 pub mod retire;
 mod ssh;

@@ -8,6 +8,9 @@
 //!   up on a drain, the whole group (git and its hooks) is killed and reaped: no orphans.
 //! - Output is copied in large chunks and only as fast as the client reads (backpressure);
 //!   exit status, EOF and close are sent once, in that order.
+//! - A push the shutdown kills is told what became of it: stopped before it finished (no ref
+//!   moved), or stopped after its refs were updated (its commits are stored; post-receive did
+//!   not get to report the rollout). The refs are compared before and after to tell which.
 
 use std::ffi::OsString;
 use std::process::Stdio;
@@ -36,11 +39,11 @@ const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One git process to run.
 #[derive(Debug)]
-pub struct Invocation {
+pub struct Invocation<'a> {
     /// Push or fetch.
     pub service: Service,
     /// The bare repository, held open (see [`crate::repository`]).
-    pub repository: Repository,
+    pub repository: &'a Repository,
     /// The complete environment of the process.
     pub environment: Vec<(OsString, OsString)>,
 }
@@ -56,12 +59,13 @@ pub enum Ending {
 
 /// Spawns git and pipes it through `channel` until it exits, or until `kill` is cancelled.
 /// When `kill` was cancelled by the server's shutdown (`stopping` is cancelled too), the
-/// client is told so before the channel closes, and the command exits 1.
+/// client is told so, and how far its command had come, before the channel closes, and the
+/// command exits 1.
 ///
 /// # Errors
 /// When git cannot be spawned; the client is then told the push failed.
 pub async fn run(
-    invocation: Invocation,
+    invocation: Invocation<'_>,
     channel: Channel<Msg>,
     kill: CancellationToken,
     stopping: CancellationToken,
@@ -70,18 +74,20 @@ pub async fn run(
         Service::ReceivePack => "push",
         Service::UploadPack => "fetch",
     };
+    // What a push may change, as it was before: a shutdown that kills the push compares.
+    let refs_before = match invocation.service {
+        Service::ReceivePack => refs(&invocation).await,
+        Service::UploadPack => None,
+    };
     // git starts in the opened directory and is told `.`: it never resolves the repository's
     // name, which could have become a link since it was checked. It runs under `setpriv
     // --pdeathsig KILL` (util-linux): a server killed outright (SIGKILL, nothing runs to clean
     // up) takes git with it, and git its hooks (`slipway hook` asks for the same), so no push
     // goes on unwatched and moves a ref after its server died.
-    let mut child = Command::new("setpriv")
+    let mut child = in_repository("setpriv", &invocation)
         .args(["--pdeathsig", "KILL", "--", "git"])
         .arg(invocation.service.subcommand())
         .arg(".")
-        .current_dir(invocation.repository.working_directory())
-        .env_clear()
-        .envs(invocation.environment)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -152,9 +158,21 @@ pub async fn run(
         None => {
             terminate(group, &mut child).await;
             if stopping.is_cancelled() {
-                let text = format!(
-                    "remote: error: the server is shutting down and stopped this {what} before it finished\nremote: hint: {what} again when the server is back\n"
-                );
+                let text = match invocation.service {
+                    Service::UploadPack => stopped(what, Stopped::Before),
+                    Service::ReceivePack => {
+                        let after = match refs_before {
+                            Some(_) => refs(&invocation).await,
+                            None => None,
+                        };
+                        let stage = match (refs_before, after) {
+                            (Some(before), Some(after)) if before == after => Stopped::Before,
+                            (Some(_), Some(_)) => Stopped::AfterRefsMoved,
+                            _ => Stopped::Unknown,
+                        };
+                        stopped(what, stage)
+                    }
+                };
                 let tell = async {
                     errors.write_all(text.as_bytes()).await?;
                     errors.flush().await
@@ -171,6 +189,83 @@ pub async fn run(
     let _ = to_client.eof().await;
     let _ = to_client.close().await;
     Ok(ending)
+}
+
+/// How far a command the shutdown killed had come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Nothing it did is kept (a fetch, or a push whose refs did not move).
+    Before,
+    /// A push whose refs were updated: it was killed in post-receive (or right before).
+    AfterRefsMoved,
+    /// A push whose refs could not be compared.
+    Unknown,
+}
+
+/// What the client of a command the shutdown killed is told.
+fn stopped(what: &str, stage: Stopped) -> String {
+    let (error, hint) = match stage {
+        Stopped::Before => (
+            format!("the server is shutting down and stopped this {what} before it finished"),
+            format!("{what} again when the server is back"),
+        ),
+        Stopped::AfterRefsMoved => (
+            format!(
+                "the server is shutting down and stopped this {what} after its refs were updated, before it reported the rollout"
+            ),
+            "the pushed commits are stored and may still go live when the server is back; check then, and push a new commit if they did not".to_owned(),
+        ),
+        Stopped::Unknown => (
+            format!(
+                "the server is shutting down and stopped this {what}; its refs may have been updated"
+            ),
+            format!(
+                "`git ls-remote` shows them when the server is back; {what} again if they did not move"
+            ),
+        ),
+    };
+    format!("remote: error: {error}\nremote: hint: {hint}\n")
+}
+
+/// `program`, to be run in the opened repository with the invocation's environment and
+/// nothing else.
+fn in_repository(program: &str, invocation: &Invocation<'_>) -> Command {
+    let mut command = Command::new(program);
+    command
+        .current_dir(invocation.repository.working_directory())
+        .env_clear()
+        .envs(
+            invocation
+                .environment
+                .iter()
+                .map(|(name, value)| (name, value)),
+        );
+    command
+}
+
+/// The refs of the repository (`git for-each-ref`), or `None` when git cannot list them.
+async fn refs(invocation: &Invocation<'_>) -> Option<Vec<u8>> {
+    let output = in_repository("git", invocation)
+        .args(["for-each-ref", "--format=%(objectname) %(refname)"])
+        .env("GIT_DIR", ".")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match output {
+        Ok(output) if output.status.success() => Some(output.stdout),
+        Ok(output) => {
+            tracing::warn!(
+                stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+                "cannot list the refs of the repository"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the refs of the repository");
+            None
+        }
+    }
 }
 
 /// Kills the whole process group (git, index-pack, hooks and their children) and reaps git.

@@ -120,6 +120,17 @@ impl Repository {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Another handle on the same opened directory (a duplicated descriptor).
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated (the process is out of descriptors).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            directory: self.directory.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
 }
 
 fn descriptor_path(fd: &OwnedFd) -> PathBuf {
@@ -176,6 +187,25 @@ fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Re
 /// Where a webspace's repository lives. `webspace` must be a validated DNS label.
 pub fn path(data: &Path, webspace: &str) -> PathBuf {
     data.join("repos").join(format!("{webspace}.git"))
+}
+
+/// Opens the repository of `webspace` when it exists, without creating it or writing its
+/// hooks; refused as [`open_or_create`] refuses.
+///
+/// # Errors
+/// [`RepositoryError::NotADirectory`] as for [`open_or_create`]; when `DATA/repos` cannot be
+/// opened.
+pub fn open_existing(data: &Path, webspace: &str) -> Result<Option<Repository>, RepositoryError> {
+    let target = path(data, webspace);
+    let repos_fd = open_repos(data)?;
+    Ok(
+        open_directory(&repos_fd, &format!("{webspace}.git"), &target)?.map(|directory| {
+            Repository {
+                directory,
+                path: target,
+            }
+        }),
+    )
 }
 
 /// Opens the repository of `webspace`, creating it when it does not exist yet.

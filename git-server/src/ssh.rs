@@ -23,7 +23,7 @@ use crate::command::{self, GitCommand, Service};
 use crate::keys::{KeyIndex, Owner};
 use crate::lock::PushLocks;
 use crate::plumbing::{self, Ending, Invocation};
-use crate::{Config, host_key, repository};
+use crate::{Config, host_key, quarantine, repository};
 
 /// Channels one connection may open. git uses one; OpenSSH connection sharing a few more.
 pub const MAX_CHANNELS_PER_CONNECTION: usize = 8;
@@ -107,6 +107,11 @@ pub async fn run<S: Store>(
         stopping: shutdown.clone(),
         kill: CancellationToken::new(),
     });
+    // Beside the first pushes: each repository is swept under its push lock.
+    let sweeping = tokio::spawn(quarantine::sweep(
+        shared.config.data.clone(),
+        shared.locks.clone(),
+    ));
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
     let admission = Admission::new(shared.config.admission);
@@ -170,6 +175,8 @@ pub async fn run<S: Store>(
         let _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
     }
     index_stop.cancel();
+    // It never waits for a push, so it is done by now or close to it.
+    let _ = sweeping.await;
     Ok(Drain { finished })
 }
 
@@ -729,11 +736,26 @@ async fn execute<S: Store>(
     let started = std::time::Instant::now();
     let invocation = Invocation {
         service: command.service,
-        repository,
+        repository: &repository,
         environment,
     };
     let service = invocation.service;
-    let ok = match plumbing::run(invocation, channel, gone, shared.kill.clone()).await {
+    let ending = plumbing::run(invocation, channel, gone, shared.kill.clone()).await;
+    if service == Service::ReceivePack {
+        // Still under the push lock: what git left in quarantine belongs to this push, which
+        // is over (git removes it itself unless it was killed).
+        match quarantine::remove(&repository).await {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => {
+                tracing::info!(?removed, "removed the quarantined objects of the push")
+            }
+            Err(error) => tracing::warn!(
+                error = %quarantine::chain(&error),
+                "cannot remove the quarantined objects of the push"
+            ),
+        }
+    }
+    let ok = match ending {
         Ok(Ending::Exited(code)) => {
             tracing::info!(code, elapsed = ?started.elapsed(), %peer, "git finished");
             code == 0
