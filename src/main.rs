@@ -867,8 +867,35 @@ async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     if !existed {
         bail!("{label} `{}` not found", args.name.escape_default());
     }
-    println!("{label}.{}/{} deleted", slipway_api::GROUP, args.name);
+    let deleted = format!("{label}.{}/{} deleted", slipway_api::GROUP, args.name);
+    if kind == TableKind::Customer {
+        let owned: Vec<String> = store
+            .list::<Webspace>()
+            .await?
+            .into_iter()
+            .filter(|w| w.spec.customer == args.name)
+            .filter_map(|w| w.metadata.name)
+            .collect();
+        println!("{deleted}{}", customer_deleted(&owned));
+    } else {
+        println!("{deleted}");
+    }
     Ok(())
+}
+
+/// What deleting a Customer means for the webspaces it owns (`owned`), as the rest of the
+/// `delete` line: they stop serving, as on Kubernetes, and serve again once it exists again.
+fn customer_deleted(owned: &[String]) -> String {
+    let names: Vec<String> = owned.iter().map(|name| format!("`{name}`")).collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => format!("; its webspace {one} stops serving until the customer exists again"),
+        many => format!(
+            "; its {} webspaces ({}) stop serving until the customer exists again",
+            many.len(),
+            many.join(", ")
+        ),
+    }
 }
 
 fn crds(args: CrdsArgs) -> anyhow::Result<()> {
@@ -890,4 +917,23 @@ fn crds(args: CrdsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deleting_a_customer_names_the_webspaces_that_stop() {
+        let owned = |names: &[&str]| {
+            super::customer_deleted(&names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        };
+        assert_eq!(owned(&[]), "");
+        assert_eq!(
+            owned(&["blog"]),
+            "; its webspace `blog` stops serving until the customer exists again"
+        );
+        assert_eq!(
+            owned(&["blog", "shop"]),
+            "; its 2 webspaces (`blog`, `shop`) stop serving until the customer exists again"
+        );
+    }
 }

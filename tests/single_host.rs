@@ -1077,3 +1077,78 @@ fn each_runtime_example_is_detected_as_its_runtime() {
         }
     }
 }
+
+/// `slipway get ws NAME -o json`'s `status`.
+fn webspace_status(host: &Host) -> serde_json::Value {
+    let shown = run_ok(
+        Command::new(SLIPWAY)
+            .args(["get", "ws", &host.name, "-o", "json", "--data"])
+            .arg(host.scratch.data()),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    shown["status"].clone()
+}
+
+/// Deleting a Customer does what it does on Kubernetes, where its Namespace and every app in it
+/// go: the app stops, the Webspace stays and says why, and once the Customer exists again the
+/// app comes back through a new, health-checked container.
+#[test]
+fn deleting_the_customer_stops_its_apps_until_it_exists_again() {
+    let host = Host::new();
+    let app = site(&host, "owned\n");
+    assert_ok(&host.push(&app, &["main"]));
+    assert_eq!(host.get(&host.name), (200, "owned\n".to_owned()));
+    let before = host.containers();
+    assert_eq!(before.len(), 1);
+
+    let deleted = run_ok(
+        Command::new(SLIPWAY)
+            .args(["delete", "customer", "alice", "--data"])
+            .arg(host.scratch.data()),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&deleted.stdout),
+        format!(
+            "customer.slipway.dev/alice deleted; its webspace `{}` stops serving until the customer exists again\n",
+            host.name
+        )
+    );
+    wait_for(
+        "the app and its container to go",
+        Duration::from_secs(20),
+        || host.get(&host.name).0 == 404 && host.containers().is_empty(),
+    );
+    wait_for("the webspace to say why", Duration::from_secs(10), || {
+        webspace_status(&host)["lastError"] == "customer `alice` does not exist"
+    });
+    let status = webspace_status(&host);
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert!(
+        host.scratch
+            .data()
+            .join(format!("repos/{}.git", host.name))
+            .is_dir()
+            && fs::read_dir(host.scratch.data().join("resources/releases"))
+                .expect("releases")
+                .count()
+                == 1,
+        "the repository and the release stay"
+    );
+
+    apply_ok(
+        &host.scratch.data(),
+        &customer_yaml("alice", &[&host.alice.key]),
+    );
+    wait_for("the app to serve again", Duration::from_secs(30), || {
+        host.get(&host.name) == (200, "owned\n".to_owned())
+    });
+    let after = host.containers();
+    assert!(
+        after.len() == 1 && after != before,
+        "a new container: {after:?}"
+    );
+    wait_for("the webspace to be ready", Duration::from_secs(10), || {
+        let status = webspace_status(&host);
+        status["phase"] == "Ready" && status.get("lastError").is_none_or(|e| e.is_null())
+    });
+}

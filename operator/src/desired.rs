@@ -136,6 +136,27 @@ pub fn prunable<'a>(
     doomed
 }
 
+/// What a Webspace's status says when its Customer does not exist (the same on Kubernetes).
+pub fn customer_missing(customer: &str) -> String {
+    format!("customer `{customer}` does not exist")
+}
+
+/// The webspaces that may not serve, by name, each with what its status says: those whose
+/// Customer does not exist (`exists` says no). A Customer owns its webspaces' apps (on
+/// Kubernetes through its Namespace, deleted with it), so without it they stop; the Webspace,
+/// its Releases and its repository stay, and once the Customer exists again its newest promoted
+/// releases are desired again and start health-gated like any other.
+pub fn orphans(webspaces: &[Webspace], exists: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    webspaces
+        .iter()
+        .filter(|w| !exists(&w.spec.customer))
+        .filter_map(|w| {
+            let name = w.metadata.name.clone()?;
+            Some((name, customer_missing(&w.spec.customer)))
+        })
+        .collect()
+}
+
 /// Decides what should run. See the module's guarantees.
 pub fn desired(
     webspaces: &[Webspace],
@@ -299,6 +320,21 @@ mod tests {
             .collect();
         // m8..m4 are the newest five; of m3, m2, m1: m2 serves and m1 is staged.
         assert_eq!(doomed, ["m3"]);
+    }
+
+    #[test]
+    fn a_webspace_whose_customer_does_not_exist_is_an_orphan_with_the_clusters_wording() {
+        let mut shop = webspace("shop");
+        shop.spec.customer = "bob".into();
+        let webspaces = [webspace("blog"), shop];
+        let orphans = orphans(&webspaces, |customer| customer == "alice");
+        assert_eq!(
+            orphans,
+            BTreeMap::from([(
+                "shop".to_owned(),
+                "customer `bob` does not exist".to_owned()
+            )])
+        );
     }
 
     #[test]

@@ -13,17 +13,21 @@
 //!   container that never served stops at once).
 //! - A release that does not become healthy is marked `Failed` with the reason, its container
 //!   is removed, and the previous release keeps serving.
+//! - A Webspace whose Customer does not exist serves nothing, as on Kubernetes (where the
+//!   Customer's Namespace goes with it): its containers and routes go, a release staged for it
+//!   fails, and its status says ``customer `X` does not exist``; its Releases and repository
+//!   stay, and its apps come back (health-gated) once the Customer exists again.
 //! - A staged release whose push is gone (the push's marker in [`Settings::data`] is not held,
 //!   see [`slipway_store::pushes`]) is failed at the next pass, and its container removed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
 use futures_util::StreamExt;
 use slipway_api::resources::{BranchStatus, ReleaseStatus, phase};
-use slipway_api::{Release, Runtime, Webspace};
+use slipway_api::{Customer, Release, Runtime, Webspace};
 use slipway_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
@@ -343,18 +347,41 @@ async fn prune_old_releases<S: Store>(
     Ok(())
 }
 
+/// The customers named by `webspaces` that do not exist. One that cannot be read (a file
+/// edited by hand into invalid YAML, say) counts as existing: only a known absence stops apps.
+async fn missing_customers<S: Store>(store: &S, webspaces: &[Webspace]) -> HashSet<String> {
+    let named: BTreeSet<&str> = webspaces.iter().map(|w| w.spec.customer.as_str()).collect();
+    let mut missing = HashSet::new();
+    for customer in named {
+        match store.get::<Customer>(customer).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                missing.insert(customer.to_owned());
+            }
+            Err(error) => {
+                tracing::warn!(customer, %error, "cannot read a customer; its webspaces keep serving");
+            }
+        }
+    }
+    missing
+}
+
 /// Records on each Webspace what serves: a URL and release per branch, and a phase (`Ready`
-/// when every wanted branch serves, `Pending` before, `Degraded` when some do not).
+/// when every wanted branch serves, `Pending` before, `Degraded` when some do not); an orphan
+/// (see [`crate::desired::orphans`]) gets what the Kubernetes driver writes for it: no
+/// releases, no branches, and why as its error.
 async fn write_webspace_status<S: Store>(
     store: &S,
     webspaces: &[Webspace],
     releases: &[Release],
     wanted: &[Deployment],
     serving: &HashSet<String>,
+    orphans: &BTreeMap<String, String>,
     settings: &Settings,
 ) -> Result<(), StoreError> {
     for webspace in webspaces {
         let name = webspace.metadata.name.as_deref().unwrap_or_default();
+        let error = orphans.get(name).cloned();
         let mine: Vec<&Deployment> = wanted.iter().filter(|d| d.webspace == name).collect();
         let branches: Vec<BranchStatus> = mine
             .iter()
@@ -369,14 +396,14 @@ async fn write_webspace_status<S: Store>(
             .collect();
         let releases: Vec<&Release> = releases
             .iter()
-            .filter(|r| r.spec.webspace == name)
+            .filter(|r| r.spec.webspace == name && error.is_none())
             .collect();
         let status = crate::status::webspace_status(crate::status::Observed {
             webspace,
             releases: &releases,
             wanted: &mine,
             branches,
-            error: None,
+            error,
             now: &crate::status::now(),
         });
         if webspace.status.as_ref() != Some(&status) {
@@ -402,7 +429,14 @@ async fn reconcile<S: Store>(
     let webspaces = store.list::<Webspace>().await?;
     let releases = store.list::<Release>().await?;
     let runtimes = store.list::<Runtime>().await?;
-    let wanted = desired(&webspaces, &releases, &runtimes, &settings.hosts);
+    let missing = missing_customers(store, &webspaces).await;
+    let orphans = crate::desired::orphans(&webspaces, |customer| !missing.contains(customer));
+    let owned: Vec<Webspace> = webspaces
+        .iter()
+        .filter(|w| !orphans.contains_key(w.metadata.name.as_deref().unwrap_or_default()))
+        .cloned()
+        .collect();
+    let wanted = desired(&owned, &releases, &runtimes, &settings.hosts);
     let by_name: HashMap<&str, &Release> = releases
         .iter()
         .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, r)))
@@ -490,7 +524,10 @@ async fn reconcile<S: Store>(
     for (release, url) in live {
         set_phase(store, release, "Live", None, url).await?;
     }
-    write_webspace_status(store, &webspaces, &releases, &wanted, &serving, settings).await?;
+    write_webspace_status(
+        store, &webspaces, &releases, &wanted, &serving, &orphans, settings,
+    )
+    .await?;
     // Removing images takes a while; a pass must stay quick so a promoted release is routed
     // at once, so pruning runs beside the passes, one at a time.
     let start_pruning = {
@@ -559,6 +596,18 @@ async fn reconcile<S: Store>(
             }
             continue;
         }
+        if release.phase() == phase::STAGED
+            && let Some(why) = orphans.get(&release.spec.webspace)
+        {
+            let failed = ReleaseStatus {
+                phase: Some(phase::FAILED.to_owned()),
+                // Read by the pusher after the branch's name (see `verify::not_started`).
+                reason: Some(format!("could not be started: {why}")),
+                ..Default::default()
+            };
+            settle(store, release, failed).await?;
+            continue;
+        }
         if release.phase() == phase::STAGED && state.lock().await.verifying.insert(name.to_owned())
         {
             let webspace = webspaces
@@ -579,15 +628,19 @@ async fn reconcile<S: Store>(
     }
     // Containers that serve nothing wanted stop after the drain delay (at once when they never
     // served). A release's container that is staged, verified or promoted but not routed yet
-    // is left alone. The Releases are read again *after* listing the containers: a Release is
-    // recorded before its container starts, so every container listed has its Release in this
-    // read, however long this pass took (the list it started from may predate the push).
+    // is left alone, unless its webspace's Customer does not exist. The Releases are read again
+    // *after* listing the containers: a Release is recorded before its container starts, so
+    // every container listed has its Release in this read, however long this pass took (the
+    // list it started from may predate the push). The Customers too, after the Releases: one
+    // created again during this pass may already have a push staged.
     let containers = docker::list(docker, &settings.instance).await?;
-    let pending: HashSet<String> = store
-        .list::<Release>()
-        .await?
+    let releases_now = store.list::<Release>().await?;
+    let missing = missing_customers(store, &webspaces).await;
+    let orphans = crate::desired::orphans(&webspaces, |customer| !missing.contains(customer));
+    let pending: HashSet<String> = releases_now
         .into_iter()
         .filter(|r| matches!(r.phase(), phase::STAGED | phase::VERIFIED | phase::PROMOTED))
+        .filter(|r| !orphans.contains_key(&r.spec.webspace))
         .filter_map(|r| r.metadata.name)
         .collect();
     for container in containers {
