@@ -142,8 +142,9 @@ pub async fn run<S: Store>(
             () = engine.notified() => {}
             () = tokio::time::sleep(next) => continue,
         }
-        // Coalesce a burst of changes into one pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Coalesce a burst of changes into one pass (a put is a few events), briefly: a push
+        // waits on every pass between its staging and its release serving.
+        tokio::time::sleep(COALESCE).await;
         while changes.try_recv().is_ok() {}
     }
 }
@@ -576,8 +577,13 @@ async fn reconcile<S: Store>(
                 .data
                 .as_ref()
                 .is_some_and(|data| !slipway_store::pushes::running(data, name));
-        let reason = crate::verify::abandoned(release, Some(started), now)
-            .or(gone.then_some(crate::verify::PUSH_GONE));
+        let reason = crate::verify::abandoned(
+            release,
+            Some(started),
+            now,
+            crate::verify::SINGLE_HOST_LIMITS,
+        )
+        .or_else(|| gone.then(|| crate::verify::PUSH_GONE.to_owned()));
         if let Some(reason) = reason {
             // As it is now: a push of the same commit since may have staged it anew.
             let Some(current) = store.get::<Release>(name).await? else {
@@ -673,6 +679,12 @@ async fn reconcile<S: Store>(
     Ok(settled)
 }
 
+/// How long a staged release may start before its status says what it waits for.
+const QUIET_START: Duration = Duration::from_secs(1);
+
+/// How long the operator waits after a change for more before its pass.
+const COALESCE: Duration = Duration::from_millis(2);
+
 /// Verifies the staged `release`: starts its container without traffic and waits for its
 /// health check; records `Verified`, or `Failed` with the reason, a hint and its last log lines
 /// (removing the container). Then pokes a pass: a push of the same commit may be waiting for
@@ -726,15 +738,6 @@ async fn verify_one<S: Store>(
         return Ok(());
     };
     let path = &settings.health_path;
-    if !settle(
-        store,
-        release,
-        crate::verify::starting(&deployment, &from, path),
-    )
-    .await?
-    {
-        return Ok(());
-    }
     // Never one found running: it may be an earlier push's of the same commit, on its way out.
     let container = match docker::start(docker, &settings.instance, &deployment).await {
         Ok(container) => container,
@@ -746,7 +749,23 @@ async fn verify_one<S: Store>(
         }
     };
     tracing::info!(release = %name, "verifying a staged release");
-    match docker::wait_ready(docker, &container, path, settings.health_timeout).await {
+    let waiting = docker::wait_ready(docker, &container, path, settings.health_timeout);
+    tokio::pin!(waiting);
+    // Most apps answer at once; one that does not gets a status saying what the push waits
+    // for (its progress lines show it), one store write later than the quick ones pay.
+    let probe = tokio::select! {
+        probe = &mut waiting => probe,
+        () = tokio::time::sleep(QUIET_START) => {
+            let starting = crate::verify::starting(&deployment, &from, path);
+            if !settle(store, release, starting).await? {
+                // Withdrawn or failed meanwhile.
+                docker::remove(docker, &container.id).await;
+                return Ok(());
+            }
+            waiting.await
+        }
+    };
+    match probe {
         Ok(status) => {
             state.lock().await.healthy.insert(name.clone());
             if !settle(

@@ -10,10 +10,30 @@ use slipway_api::{Release, Runtime, Webspace};
 use crate::desired::{Deployment, PortFrom};
 use crate::hosts::Hosts;
 
-/// How long a Release may stay `Staged` or `Verified` before the operator fails it as
-/// abandoned: a push stages it after its build, pushes the image, waits for the verdict and
-/// promotes it within minutes. One that waits longer was left by a push that never finished.
-pub const STAGED_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a Release may stay `Staged` or `Verified`, counted from its staging, before the
+/// operator fails it as abandoned: a push that waits longer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// For a `Staged` release: its push waits that long for the verdict at most.
+    pub staged: std::time::Duration,
+    /// For a `Verified` one: its push promotes it right after the verdict, or (on one host,
+    /// where the image goes to the registry during the verification) once the image is there.
+    pub verified: std::time::Duration,
+}
+
+/// On one host, where a running push's marker ([`slipway_store::pushes`]) tells a live push
+/// from a dead one at once, and an image upload may keep a verified release waiting.
+pub const SINGLE_HOST_LIMITS: Limits = Limits {
+    staged: std::time::Duration::from_secs(3600),
+    verified: std::time::Duration::from_secs(3600),
+};
+
+/// On a cluster, where pre-receive pushes the image before it stages the release and waits 3
+/// minutes at most for the verdict.
+pub const CLUSTER_LIMITS: Limits = Limits {
+    staged: std::time::Duration::from_secs(300),
+    verified: std::time::Duration::from_secs(600),
+};
 
 /// What `release` runs as once promoted, and where its port comes from; `None` when its
 /// webspace is not among `webspaces`.
@@ -90,22 +110,29 @@ pub fn not_started(why: &str) -> ReleaseStatus {
 
 /// Why a `Staged` or `Verified` Release can no longer be promoted, if it cannot: it was
 /// staged before this operator started (`started`, on one host where the operator and the
-/// pushes share a process), or longer ago than [`STAGED_LIMIT`].
+/// pushes share a process), or longer ago than its phase's limit.
 pub fn abandoned(
     release: &Release,
     started: Option<Timestamp>,
     now: Timestamp,
-) -> Option<&'static str> {
-    if !matches!(release.phase(), phase::STAGED | phase::VERIFIED) {
-        return None;
-    }
+    limits: Limits,
+) -> Option<String> {
+    let limit = match release.phase() {
+        phase::STAGED => limits.staged,
+        phase::VERIFIED => limits.verified,
+        _ => return None,
+    };
     let pushed = release.pushed_at()?;
     if started.is_some_and(|started| pushed < started) {
-        return Some("its push did not finish: the server stopped during it");
+        return Some("its push did not finish: the server stopped during it".to_owned());
     }
-    let limit = SignedDuration::try_from(STAGED_LIMIT).ok()?;
-    (now.duration_since(pushed) > limit)
-        .then_some("its push did not finish within an hour of staging it")
+    let signed = SignedDuration::try_from(limit).ok()?;
+    (now.duration_since(pushed) > signed).then(|| {
+        format!(
+            "its push did not finish within {} minutes of staging it",
+            limit.as_secs() / 60
+        )
+    })
 }
 
 /// The reason of a staged release whose push is gone (its client left, or git was killed).
@@ -136,39 +163,47 @@ mod tests {
         let at = |t: &str| t.parse::<Timestamp>().expect("time");
         let started = Some(at("2026-12-01T10:00:00Z"));
         let now = at("2026-12-01T10:30:00Z");
+        let one_host =
+            |release: &Release, started, now| abandoned(release, started, now, SINGLE_HOST_LIMITS);
         for waiting in [phase::STAGED, phase::VERIFIED] {
+            let fresh = staged_at("2026-12-01T10:00:01Z", waiting);
+            let older = staged_at("2026-12-01T09:59:59Z", waiting);
             assert_eq!(
-                abandoned(&staged_at("2026-12-01T10:00:01Z", waiting), started, now),
+                one_host(&fresh, started, now),
                 None,
                 "a push of this server, still within the limit"
             );
             assert!(
-                abandoned(&staged_at("2026-12-01T09:59:59Z", waiting), started, now)
+                one_host(&older, started, now)
                     .is_some_and(|r| r.contains("the server stopped during it"))
             );
             let later = at("2026-12-01T11:00:02Z");
             assert!(
-                abandoned(&staged_at("2026-12-01T10:00:01Z", waiting), started, later)
-                    .is_some_and(|r| r.contains("within an hour"))
+                one_host(&fresh, started, later).is_some_and(|r| r.contains("within 60 minutes"))
             );
             // On a cluster the operator's start says nothing about pushes.
-            assert_eq!(
-                abandoned(&staged_at("2026-12-01T09:59:59Z", waiting), None, now),
-                None
-            );
+            assert_eq!(one_host(&older, None, now), None);
         }
+        // A cluster's pushes give up sooner: a staged release after 5 minutes, a verified one
+        // after 10.
+        let staged = staged_at("2026-12-01T10:00:01Z", phase::STAGED);
+        let verified = staged_at("2026-12-01T10:00:01Z", phase::VERIFIED);
+        let six = at("2026-12-01T10:06:02Z");
+        assert!(
+            abandoned(&staged, None, six, CLUSTER_LIMITS).is_some_and(|r| r.contains("5 minutes"))
+        );
+        assert_eq!(abandoned(&verified, None, six, CLUSTER_LIMITS), None);
+        let eleven = at("2026-12-01T10:11:02Z");
+        assert!(abandoned(&verified, None, eleven, CLUSTER_LIMITS).is_some());
         let later = at("2026-12-01T11:00:02Z");
+        let promoted = staged_at("2026-12-01T09:00:00Z", phase::PROMOTED);
         assert_eq!(
-            abandoned(
-                &staged_at("2026-12-01T09:00:00Z", phase::PROMOTED),
-                started,
-                later
-            ),
+            one_host(&promoted, started, later),
             None,
             "a promoted release is the rollout's business"
         );
         // Without any time it is left alone.
         let undated = Release::new("u", crate::fixtures::release_spec());
-        assert_eq!(abandoned(&undated, started, later), None);
+        assert_eq!(one_host(&undated, started, later), None);
     }
 }

@@ -624,8 +624,9 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     let now = k8s_openapi::jiff::Timestamp::now();
     for release in &staged {
         let release_name = release.name_any();
-        let verdict = if let Some(why) = crate::verify::abandoned(release, None, now) {
-            Some(failed(why))
+        let abandoned = crate::verify::abandoned(release, None, now, crate::verify::CLUSTER_LIMITS);
+        let verdict = if let Some(why) = abandoned {
+            Some(failed(&why))
         } else if let Some((mut plan, from)) =
             crate::verify::deployment(webspace, &runtimes, release, &settings.hosts)
         {
