@@ -246,6 +246,10 @@ fn a_push_refused_by_one_branch_leaves_nothing_of_the_others() {
             && said.contains("remote: error: `b-broken` did not become healthy"),
         "a-good is staged and started before b-broken fails: {said}"
     );
+    assert!(
+        said.contains("; nothing was deployed"),
+        "b-broken never served: {said}"
+    );
     assert_eq!(host.containers().len(), 1, "only main's container is left");
     assert_eq!(host.images(), 1, "only main's image is left");
     let releases: Vec<String> = std::fs::read_dir(host.scratch.data().join("resources/releases"))

@@ -591,8 +591,9 @@ async fn verdict(
                 return Ok(());
             }
             phase::FAILED => {
+                let serving = serving_now(store, &config.webspace, branch).await;
                 reporter.error(
-                    &format!("`{branch}` {doing}; the previous release keeps serving"),
+                    &format!("`{branch}` {doing}; {serving}"),
                     status.hint.as_deref(),
                 );
                 if !status.logs.is_empty() {
@@ -614,9 +615,10 @@ async fn verdict(
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
+            let serving = serving_now(store, &config.webspace, branch).await;
             reporter.error(
                 &format!(
-                    "`{branch}` was not verified within {} s ({doing}); the previous release keeps serving",
+                    "`{branch}` was not verified within {} s ({doing}); {serving}",
                     wait.as_secs()
                 ),
                 Some(&format!(
@@ -634,6 +636,20 @@ async fn verdict(
             ));
         }
         wait_for_change(&mut changes, name, deadline.min(next_progress)).await;
+    }
+}
+
+/// What serves `branch` while its new release was refused: the release before, or nothing.
+async fn serving_now(store: &AnyStore, webspace: &str, branch: &str) -> &'static str {
+    let live = store.list::<Release>().await.is_ok_and(|releases| {
+        releases.iter().any(|r| {
+            r.spec.webspace == webspace && r.spec.branch == branch && r.phase() == phase::LIVE
+        })
+    });
+    if live {
+        "the previous release keeps serving"
+    } else {
+        "nothing was deployed"
     }
 }
 

@@ -403,16 +403,18 @@ pub async fn start(
     deployment: &Deployment,
 ) -> Result<AppContainer, bollard::errors::Error> {
     let name = container_name(instance, &deployment.release);
-    let _ = docker
-        .remove_container(
+    // Both on the way of every push's verification: at once.
+    let (_, network) = tokio::join!(
+        docker.remove_container(
             &name,
             Some(RemoveContainerOptions {
                 force: true,
                 ..Default::default()
             }),
-        )
-        .await;
-    let network = network(docker).await?;
+        ),
+        network(docker)
+    );
+    let network = network?;
     let port = format!("{}/tcp", deployment.port);
     let labels = HashMap::from([
         (LABEL_WEBSPACE.to_owned(), deployment.webspace.clone()),

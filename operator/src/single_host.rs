@@ -138,7 +138,17 @@ pub async fn run<S: Store>(
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = changes.recv() => {}
+            change = changes.recv() => {
+                // A push waits for this one: its verification starts before the pass.
+                if let Ok(change) = change
+                    && change.plural == "releases"
+                    && let Err(error) =
+                        verify_at_once(&store, &docker, &settings, &state, &engine, &change.name)
+                            .await
+                {
+                    tracing::warn!(%error, "cannot read a staged release");
+                }
+            }
             () = engine.notified() => {}
             () = tokio::time::sleep(next) => continue,
         }
@@ -614,22 +624,21 @@ async fn reconcile<S: Store>(
             settle(store, release, failed).await?;
             continue;
         }
-        if release.phase() == phase::STAGED && state.lock().await.verifying.insert(name.to_owned())
-        {
+        if release.phase() == phase::STAGED {
             let webspace = webspaces
                 .iter()
                 .find(|w| w.metadata.name.as_deref() == Some(release.spec.webspace.as_str()))
                 .cloned();
-            tokio::spawn(verify(
-                store.clone(),
-                docker.clone(),
-                settings.clone(),
-                state.clone(),
-                engine.clone(),
-                release.clone(),
-                webspace,
-                runtimes.clone(),
-            ));
+            let verifier = Verifier {
+                store,
+                docker,
+                settings,
+                state,
+                engine,
+            };
+            verifier
+                .start(release.clone(), webspace, runtimes.clone())
+                .await;
         }
     }
     // Containers that serve nothing wanted stop after the drain delay (at once when they never
@@ -684,6 +693,88 @@ const QUIET_START: Duration = Duration::from_secs(1);
 
 /// How long the operator waits after a change for more before its pass.
 const COALESCE: Duration = Duration::from_millis(2);
+
+/// What a verification needs of the loop.
+struct Verifier<'a, S> {
+    store: &'a S,
+    docker: &'a Docker,
+    settings: &'a Settings,
+    state: &'a Arc<Mutex<State>>,
+    engine: &'a Arc<Notify>,
+}
+
+impl<S: Store> Verifier<'_, S> {
+    /// Starts verifying `release` beside the passes, unless that is under way.
+    async fn start(&self, release: Release, webspace: Option<Webspace>, runtimes: Vec<Runtime>) {
+        let name = release.metadata.name.clone().unwrap_or_default();
+        if !self.state.lock().await.verifying.insert(name) {
+            return;
+        }
+        tokio::spawn(verify(
+            self.store.clone(),
+            self.docker.clone(),
+            self.settings.clone(),
+            self.state.clone(),
+            self.engine.clone(),
+            release,
+            webspace,
+            runtimes,
+        ));
+    }
+}
+
+/// Starts verifying Release `name` at once if it is a fresh staged release of a webspace whose
+/// customer exists; anything else (an abandoned or orphaned release) waits for the pass, which
+/// decides it as usual.
+async fn verify_at_once<S: Store>(
+    store: &S,
+    docker: &Docker,
+    settings: &Settings,
+    state: &Arc<Mutex<State>>,
+    engine: &Arc<Notify>,
+    name: &str,
+) -> Result<(), StoreError> {
+    let Some(release) = store.get::<Release>(name).await? else {
+        return Ok(());
+    };
+    let started = state.lock().await.started;
+    let pushing = settings
+        .data
+        .as_ref()
+        .is_none_or(|data| slipway_store::pushes::running(data, name));
+    let fresh = release.phase() == phase::STAGED
+        && pushing
+        && crate::verify::abandoned(
+            &release,
+            Some(started),
+            k8s_openapi::jiff::Timestamp::now(),
+            crate::verify::SINGLE_HOST_LIMITS,
+        )
+        .is_none();
+    if !fresh {
+        return Ok(());
+    }
+    let Some(webspace) = store.get::<Webspace>(&release.spec.webspace).await? else {
+        return Ok(());
+    };
+    if store
+        .get::<Customer>(&webspace.spec.customer)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let runtimes = store.list::<Runtime>().await?;
+    let verifier = Verifier {
+        store,
+        docker,
+        settings,
+        state,
+        engine,
+    };
+    verifier.start(release, Some(webspace), runtimes).await;
+    Ok(())
+}
 
 /// Verifies the staged `release`: starts its container without traffic and waits for its
 /// health check; records `Verified`, or `Failed` with the reason, a hint and its last log lines
