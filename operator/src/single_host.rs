@@ -704,10 +704,20 @@ struct Verifier<'a, S> {
 }
 
 impl<S: Store> Verifier<'_, S> {
-    /// Starts verifying `release` beside the passes, unless that is under way.
+    /// Starts verifying `release` beside the passes, unless that is under way or over: a pass
+    /// may hold a list read before a verification of it ended (and starting it again would
+    /// replace the container that verification started, which may serve by now).
     async fn start(&self, release: Release, webspace: Option<Webspace>, runtimes: Vec<Runtime>) {
         let name = release.metadata.name.clone().unwrap_or_default();
-        if !self.state.lock().await.verifying.insert(name) {
+        if !self.state.lock().await.verifying.insert(name.clone()) {
+            return;
+        }
+        // Holding the slot: whatever an earlier verification wrote is in the store now.
+        let current = self.store.get::<Release>(&name).await;
+        let still = matches!(&current, Ok(Some(current))
+            if current.phase() == phase::STAGED && current.pushed_at() == release.pushed_at());
+        if !still {
+            self.state.lock().await.verifying.remove(&name);
             return;
         }
         tokio::spawn(verify(
