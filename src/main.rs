@@ -2,6 +2,7 @@
 
 mod down;
 mod hook;
+mod ops;
 mod probe;
 
 use std::ffi::OsString;
@@ -49,6 +50,9 @@ enum Command {
     /// Run a git hook (invoked by the repositories' hook scripts, not by people).
     #[command(hide = true)]
     Hook(hook::HookArgs),
+    /// Run an owner's command for the git server (`ssh git@HOST logs blog`), not by people.
+    #[command(hide = true)]
+    Ops(ops::OpsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -317,10 +321,13 @@ struct CrdsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Hook(args) = cli.command {
+    let command = match cli.command {
         // Hooks talk to the pusher through stderr; their exit code is the verdict.
-        return hook::run(args);
-    }
+        Command::Hook(args) => return hook::run(args),
+        // What an owner's command prints goes to the SSH client as it is.
+        Command::Ops(args) => return ops::run(args),
+        command => command,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env(env::LOG)
@@ -336,7 +343,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -358,7 +365,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Get(args) => get(args).await,
         Command::Delete(args) => delete(args).await,
         Command::Crds(args) => crds(args),
-        Command::Hook(_) => unreachable!("handled before the runtime starts"),
+        Command::Hook(_) | Command::Ops(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -193,17 +193,17 @@ fn shells_commands_and_subsystems_are_refused_with_a_reason() {
         (
             &[],
             Some("ls -la"),
-            "only `git-receive-pack` and `git-upload-pack` are served here",
+            "only git and the commands `ssh git@HOST help` lists are served here",
         ),
         (
             &[],
             Some("sh -c 'id'"),
-            "only `git-receive-pack` and `git-upload-pack` are served here",
+            "only git and the commands `ssh git@HOST help` lists are served here",
         ),
         (
             &[],
             Some("git-upload-archive blog.git"),
-            "only `git-receive-pack` and `git-upload-pack`",
+            "only git and the commands",
         ),
         (
             &[],

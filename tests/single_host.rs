@@ -108,10 +108,11 @@ fn a_push_is_served_before_git_push_returns_and_branches_get_previews() {
     assert_ok(&push);
     let said = stderr(&push);
     assert!(
-        said.contains(&format!(
-            "remote: slipway: deployed `main` → http://{}.localhost:",
-            host.name
-        )),
+        said.contains("remote: slipway: staged release v1 (`")
+            && said.contains(&format!(
+                "remote: slipway: deployed `main` v1 → http://{}.localhost:",
+                host.name
+            )),
         "{said}"
     );
     // No waiting: the push returned, so the app answers now.
@@ -121,7 +122,13 @@ fn a_push_is_served_before_git_push_returns_and_branches_get_previews() {
     );
 
     commit(&host.alice, &app, &[("index.html", "preview\n")], "preview");
-    assert_ok(&host.push(&app, &["HEAD:refs/heads/feature-x"]));
+    let preview = host.push(&app, &["HEAD:refs/heads/feature-x"]);
+    assert_ok(&preview);
+    assert!(
+        stderr(&preview).contains("deployed `feature-x` v2 →"),
+        "versions count per webspace, across branches: {}",
+        stderr(&preview)
+    );
     assert_eq!(
         host.get(&format!("feature-x.{}", host.name)),
         (200, "preview\n".to_owned())
@@ -1155,4 +1162,215 @@ fn deleting_the_customer_stops_its_apps_until_it_exists_again() {
         let status = webspace_status(&host);
         status["phase"] == "Ready" && status.get("lastError").is_none_or(|e| e.is_null())
     });
+}
+
+/// An app that says which version it is at start, then serves and logs each request.
+fn talking_app(host: &Host, app: &std::path::Path, version: &str) {
+    let dockerfile = format!(
+        "FROM slipway-test/busybox:latest\nCOPY . /www\nCMD echo \"hello from {version}\"; exec httpd -f -v -p \"$PORT\" -h /www\n"
+    );
+    if app.exists() {
+        commit(
+            &host.alice,
+            app,
+            &[("Dockerfile", &dockerfile), ("index.html", version)],
+            version,
+        );
+    } else {
+        work_tree(
+            &host.alice,
+            app,
+            &[("Dockerfile", &dockerfile), ("index.html", version)],
+        );
+    }
+}
+
+#[test]
+fn owners_commands_over_ssh_show_apps_releases_info_and_logs_and_only_their_own() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    talking_app(&host, &app, "v1");
+    assert_ok(&host.push(&app, &["main"]));
+    let ssh = |command: &str| host.alice.ssh(host.server(), &[], Some(command));
+    let out = |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).into_owned();
+
+    let help = ssh("help");
+    assert_ok(&help);
+    assert!(
+        out(&help).contains("logs WEBSPACE [BRANCH] [-n N] [-f]"),
+        "{}",
+        out(&help)
+    );
+
+    let apps = ssh("apps");
+    assert_ok(&apps);
+    assert!(
+        out(&apps).contains(&host.name) && out(&apps).contains("Ready"),
+        "{}",
+        out(&apps)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&ssh("apps --json").stdout).expect("apps --json");
+    assert_eq!(json[0]["name"], host.name.as_str());
+    assert_eq!(json[0]["phase"], "Ready");
+
+    talking_app(&host, &app, "v2");
+    assert_ok(&host.push(&app, &["main"]));
+    let releases = ssh(&format!("releases {}", host.name));
+    assert_ok(&releases);
+    let listed = out(&releases);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].starts_with("VERSION"), "{listed}");
+    assert!(
+        lines[1].starts_with("v2") && lines[1].contains("Live"),
+        "newest first: {listed}"
+    );
+    assert!(
+        lines[2].starts_with("v1") && lines[2].contains("Superseded"),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&ssh(&format!("releases {} main --json", host.name)).stdout)
+            .expect("releases --json");
+    assert_eq!(json[0]["version"], 2);
+
+    let info = ssh(&format!("info {}", host.name));
+    assert_ok(&info);
+    assert!(
+        out(&info).contains(&format!("http://{}.localhost:", host.name))
+            && out(&info).contains("BRANCH"),
+        "{}",
+        out(&info)
+    );
+
+    let logs = ssh(&format!("logs {} -n 50", host.name));
+    assert_ok(&logs);
+    assert!(out(&logs).contains("hello from v2"), "{}", out(&logs));
+    assert!(
+        !out(&logs).contains("hello from v1"),
+        "the serving release's: {}",
+        out(&logs)
+    );
+
+    // Another customer's webspace answers like a missing one; plain words only.
+    let bob = keygen(&host.scratch, "bob");
+    apply_ok(&host.scratch.data(), &customer_yaml("bob", &[&bob]));
+    let bob = Client::new(&bob);
+    let theirs = bob.ssh(host.server(), &[], Some(&format!("logs {}", host.name)));
+    let missing = bob.ssh(host.server(), &[], Some("logs nosuchapp"));
+    assert!(!theirs.status.success() && !missing.status.success());
+    assert_eq!(
+        stderr(&theirs).replace(&host.name, "NAME"),
+        stderr(&missing).replace("nosuchapp", "NAME"),
+        "names do not leak"
+    );
+    assert!(stderr(&theirs).contains("does not exist or you have no access"));
+    assert!(
+        !String::from_utf8_lossy(&bob.ssh(host.server(), &[], Some("apps")).stdout)
+            .contains(&host.name)
+    );
+    let sneaky = ssh(&format!("logs {} $(id)", host.name));
+    assert!(!sneaky.status.success());
+    assert!(
+        stderr(&sneaky).contains("plain words"),
+        "{}",
+        stderr(&sneaky)
+    );
+    let unknown = ssh(&format!("logs {} --bogus", host.name));
+    assert!(!unknown.status.success(), "{}", stderr(&unknown));
+}
+
+#[test]
+fn logs_follow_continues_across_a_redeploy_and_stops_when_the_client_leaves() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    talking_app(&host, &app, "v1");
+    assert_ok(&host.push(&app, &["main"]));
+    let output = host.scratch.path("followed.log");
+    let mut follow = follow_logs(
+        &host,
+        std::fs::File::create(&output).expect("log file").into(),
+    );
+    let followed = || std::fs::read_to_string(&output).unwrap_or_default();
+    wait_for("v1's output", Duration::from_secs(20), || {
+        followed().contains("hello from v1")
+    });
+    talking_app(&host, &app, "v2");
+    assert_ok(&host.push(&app, &["main"]));
+    wait_for(
+        "v2's output on the same session",
+        Duration::from_secs(30),
+        || followed().contains("hello from v2"),
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    wait_for(
+        "the command to end with its client",
+        Duration::from_secs(20),
+        || log_followers(&host) == 0,
+    );
+}
+
+/// `ssh git@… logs WEBSPACE -f` as alice, its output to `stdout`.
+fn follow_logs(host: &Host, stdout: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new("ssh")
+        .args(host.alice.ssh_command().split(' ').skip(1))
+        .args(["-p", &host.server().port.to_string(), "git@127.0.0.1"])
+        .arg(format!("logs {} -f", host.name))
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh")
+}
+
+/// The `slipway ops logs WEBSPACE` processes running on the server.
+fn log_followers(host: &Host) -> usize {
+    let ours = format!("ops logs {}", host.name);
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains(&ours) && !c.starts_with("setpriv")
+            })
+        })
+        .count()
+}
+
+#[test]
+fn a_flood_of_log_followers_is_capped_per_customer() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    talking_app(&host, &app, "v1");
+    assert_ok(&host.push(&app, &["main"]));
+    let running = || log_followers(&host);
+    let mut followers: Vec<_> = (0..8)
+        .map(|_| follow_logs(&host, std::process::Stdio::null()))
+        .collect();
+    wait_for("eight followers", Duration::from_secs(30), || {
+        running() == 8
+    });
+    let ninth = host
+        .alice
+        .ssh(host.server(), &[], Some(&format!("logs {} -f", host.name)));
+    assert!(!ninth.status.success());
+    assert!(
+        stderr(&ninth).contains("8 of your commands are running already"),
+        "{}",
+        stderr(&ninth)
+    );
+    // Another customer is not held up by it.
+    let bob = keygen(&host.scratch, "bob");
+    apply_ok(&host.scratch.data(), &customer_yaml("bob", &[&bob]));
+    assert_ok(&Client::new(&bob).ssh(host.server(), &[], Some("apps")));
+    for follower in &mut followers {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
+    wait_for("the followers to end", Duration::from_secs(20), || {
+        running() == 0
+    });
+    assert_ok(&host.alice.ssh(host.server(), &[], Some("apps")));
 }

@@ -286,6 +286,7 @@ fn default_port() -> u16 {
     shortname = "rel",
     status = "ReleaseStatus",
     printcolumn = r#"{"name":"Webspace","type":"string","jsonPath":".spec.webspace"}"#,
+    printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".spec.version"}"#,
     printcolumn = r#"{"name":"Branch","type":"string","jsonPath":".spec.branch"}"#,
     printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".spec.commit"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -311,6 +312,11 @@ pub struct ReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
+    /// Its number among the webspace's releases (`v1`, `v2`, ...): one more than the highest
+    /// before it. Releases recorded before versions existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub version: Option<u32>,
 }
 
 /// Annotation on a Release: when the hook staged it, to the nanosecond (RFC 3339). Releases

@@ -84,16 +84,71 @@ pub async fn run(
     // --pdeathsig KILL` (util-linux): a server killed outright (SIGKILL, nothing runs to clean
     // up) takes git with it, and git its hooks (`slipway hook` asks for the same), so no push
     // goes on unwatched and moves a ref after its server died.
-    let mut child = in_repository("setpriv", &invocation)
+    let mut command = in_repository("setpriv", &invocation);
+    command
         .args(["--pdeathsig", "KILL", "--", "git"])
         .arg(invocation.service.subcommand())
-        .arg(".")
+        .arg(".");
+    let child = spawn(command)?;
+    let told = async || match invocation.service {
+        Service::UploadPack => stopped(what, Stopped::Before),
+        Service::ReceivePack => {
+            let after = match refs_before {
+                Some(_) => refs(&invocation).await,
+                None => None,
+            };
+            let stage = match (refs_before, after) {
+                (Some(before), Some(after)) if before == after => Stopped::Before,
+                (Some(_), Some(_)) => Stopped::AfterRefsMoved,
+                _ => Stopped::Unknown,
+            };
+            stopped(what, stage)
+        }
+    };
+    Ok(pipe(child, channel, kill, stopping, told).await)
+}
+
+/// Runs `command` (an owner's command: `slipway ops ...`) on `channel` as [`run`] runs git:
+/// its output to the client, killed with its whole process group when the client leaves or the
+/// server's grace period ends, and dying with the server (`setpriv --pdeathsig KILL` is the
+/// caller's to put in front).
+///
+/// # Errors
+/// When it cannot be spawned.
+pub async fn run_command(
+    command: Command,
+    channel: Channel<Msg>,
+    kill: CancellationToken,
+    stopping: CancellationToken,
+) -> std::io::Result<Ending> {
+    let child = spawn(command)?;
+    let told = async || {
+        "remote: error: the server is shutting down and stopped this command\nremote: hint: run it again when the server is back\n".to_owned()
+    };
+    Ok(pipe(child, channel, kill, stopping, told).await)
+}
+
+/// Spawns `command` with piped standard streams in a process group of its own, killed when
+/// dropped.
+fn spawn(mut command: Command) -> std::io::Result<tokio::process::Child> {
+    command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
-        .spawn()?;
+        .spawn()
+}
+
+/// Pipes `child` through `channel` until it exits, the client leaves or `kill` is cancelled;
+/// on a shutdown (`stopping`) the client reads what `told` says before the channel closes.
+async fn pipe(
+    mut child: tokio::process::Child,
+    channel: Channel<Msg>,
+    kill: CancellationToken,
+    stopping: CancellationToken,
+    told: impl AsyncFnOnce() -> String,
+) -> Ending {
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -158,21 +213,7 @@ pub async fn run(
         None => {
             terminate(group, &mut child).await;
             if stopping.is_cancelled() {
-                let text = match invocation.service {
-                    Service::UploadPack => stopped(what, Stopped::Before),
-                    Service::ReceivePack => {
-                        let after = match refs_before {
-                            Some(_) => refs(&invocation).await,
-                            None => None,
-                        };
-                        let stage = match (refs_before, after) {
-                            (Some(before), Some(after)) if before == after => Stopped::Before,
-                            (Some(_), Some(_)) => Stopped::AfterRefsMoved,
-                            _ => Stopped::Unknown,
-                        };
-                        stopped(what, stage)
-                    }
-                };
+                let text = told().await;
                 let tell = async {
                     errors.write_all(text.as_bytes()).await?;
                     errors.flush().await
@@ -188,7 +229,7 @@ pub async fn run(
     }
     let _ = to_client.eof().await;
     let _ = to_client.close().await;
-    Ok(ending)
+    ending
 }
 
 /// How far a command the shutdown killed had come.

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admission::{Admission, Ticket};
-use crate::command::{self, GitCommand, Service};
+use crate::command::{self, GitCommand, OpsCommand, Request, Service};
 use crate::keys::{KeyIndex, Owner};
 use crate::lock::PushLocks;
 use crate::plumbing::{self, Ending, Invocation};
@@ -74,6 +74,45 @@ struct Shared<S> {
     stopping: CancellationToken,
     /// Cancelled when the grace period is over: running commands are killed.
     kill: CancellationToken,
+    /// Owner's commands running per customer (see [`OPS_PER_CUSTOMER`]).
+    ops: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// Owner's commands (`logs -f` runs until the client leaves) one customer may run at once: a
+/// flood of them takes that customer's share, nobody else's.
+pub const OPS_PER_CUSTOMER: usize = 8;
+
+/// A customer's place among [`OPS_PER_CUSTOMER`], given back when dropped.
+struct OpsSlot {
+    ops: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    customer: String,
+}
+
+impl OpsSlot {
+    fn take(ops: &Arc<std::sync::Mutex<HashMap<String, usize>>>, customer: &str) -> Option<Self> {
+        let mut running = ops.lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(customer.to_owned()).or_insert(0);
+        if *count >= OPS_PER_CUSTOMER {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            ops: ops.clone(),
+            customer: customer.to_owned(),
+        })
+    }
+}
+
+impl Drop for OpsSlot {
+    fn drop(&mut self) {
+        let mut running = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = running.get_mut(&self.customer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.customer);
+            }
+        }
+    }
 }
 
 /// Serves SSH on `listener` until `shutdown` is cancelled, then drains.
@@ -106,6 +145,7 @@ pub async fn run<S: Store>(
         commands: TaskTracker::new(),
         stopping: shutdown.clone(),
         kill: CancellationToken::new(),
+        ops: Arc::default(),
     });
     // Beside the first pushes: each repository is swept under its push lock.
     let sweeping = tokio::spawn(quarantine::sweep(
@@ -543,8 +583,8 @@ impl<S: Store> Handler for Connection<S> {
             );
             return Ok(());
         }
-        let command = match command::parse(data) {
-            Ok(command) => command,
+        let request = match command::parse_request(data) {
+            Ok(request) => request,
             Err(error) => {
                 self.refuse_channel(session, channel, &error.to_string());
                 return Ok(());
@@ -575,15 +615,33 @@ impl<S: Store> Handler for Connection<S> {
             refuse(session, channel, "one command per channel", None);
             return Ok(());
         };
+        let shared = self.shared.clone();
+        let gone = self.gone.clone();
+        let peer = self.peer;
+        let command = match request {
+            Request::Git(command) => command,
+            Request::Ops(ops) => {
+                let span = tracing::info_span!(
+                    "ops",
+                    verb = ops.verb.name(),
+                    webspace = ops.webspace.as_deref().unwrap_or_default(),
+                    customer = %identity.customer,
+                );
+                self.shared.commands.spawn(
+                    async move {
+                        execute_ops(shared, identity, ops, handle, gone).await;
+                    }
+                    .instrument(span),
+                );
+                return Ok(());
+            }
+        };
         let span = tracing::info_span!(
             "git",
             webspace = %command.webspace,
             service = command.service.subcommand(),
             customer = %identity.customer,
         );
-        let shared = self.shared.clone();
-        let gone = self.gone.clone();
-        let peer = self.peer;
         self.shared.commands.spawn(
             async move {
                 execute(shared, identity, command, git_protocol, handle, gone, peer).await;
@@ -591,6 +649,117 @@ impl<S: Store> Handler for Connection<S> {
             .instrument(span),
         );
         Ok(())
+    }
+}
+
+/// Tells the client why its command was refused (`remote: error:` and a `hint:`), with exit
+/// status 1, and closes the channel.
+async fn fail_channel(channel: &Channel<Msg>, message: &str, hint: Option<&str>) {
+    let mut text = format!("remote: error: {message}\n");
+    if let Some(hint) = hint {
+        text.push_str(&format!("remote: hint: {hint}\n"));
+    }
+    let _ = channel.extended_data_bytes(1, text.into_bytes()).await;
+    let _ = channel.exit_status(1).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// Whether the key still identifies the customer and `webspace` is theirs; otherwise the client
+/// is told (an unknown webspace and another customer's alike) and `false` returned.
+async fn authorize<S: Store>(
+    shared: &Shared<S>,
+    identity: &Identity,
+    webspace: &str,
+    channel: &Channel<Msg>,
+) -> bool {
+    if !still_authorized(shared, identity, channel).await {
+        return false;
+    }
+    let found = match shared.store.get::<Webspace>(webspace).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot read the webspace");
+            fail_channel(
+                channel,
+                "the server cannot read its configuration; try again later",
+                None,
+            )
+            .await;
+            return false;
+        }
+    };
+    // An unknown webspace and another customer's get the same answer, so names do not leak.
+    if found.as_ref().map(|w| w.spec.customer.as_str()) != Some(identity.customer.as_str()) {
+        tracing::info!("refused: not the owner");
+        fail_channel(
+            channel,
+            &format!("webspace `{webspace}` does not exist or you have no access to it"),
+            Some("check the name in your remote URL, or ask the webspace's owner"),
+        )
+        .await;
+        return false;
+    }
+    true
+}
+
+/// Whether the key that authenticated the connection still identifies its customer (it may
+/// have been removed since); otherwise the client is told.
+async fn still_authorized<S: Store>(
+    shared: &Shared<S>,
+    identity: &Identity,
+    channel: &Channel<Msg>,
+) -> bool {
+    if shared.keys.lookup(&identity.fingerprint).await != Owner::Customer(identity.customer.clone())
+    {
+        fail_channel(channel, "your key is no longer authorized", None).await;
+        return false;
+    }
+    true
+}
+
+/// Authorizes and runs one owner's command as `slipway ops VERB [WEBSPACE] ARGS...`, with the
+/// hooks' environment contract (data directory, store, customer).
+async fn execute_ops<S: Store>(
+    shared: Arc<Shared<S>>,
+    identity: Identity,
+    ops: OpsCommand,
+    channel: Channel<Msg>,
+    gone: CancellationToken,
+) {
+    if let Some(webspace) = &ops.webspace {
+        if !authorize(&shared, &identity, webspace, &channel).await {
+            return;
+        }
+    } else if !still_authorized(&shared, &identity, &channel).await {
+        return;
+    }
+    let Some(_slot) = OpsSlot::take(&shared.ops, &identity.customer) else {
+        fail_channel(
+            &channel,
+            &format!("{OPS_PER_CUSTOMER} of your commands are running already"),
+            Some("end one (a `logs -f` runs until you leave it)"),
+        )
+        .await;
+        return;
+    };
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(&shared.config.exe)
+        .args(["ops", ops.verb.name()])
+        .args(ops.webspace.iter())
+        .args(&ops.args)
+        .current_dir(&shared.config.data)
+        .env_clear()
+        .envs(shared.config.environment.iter().map(|(n, v)| (n, v)))
+        .env(env::DATA, &shared.config.data)
+        .env(env::CUSTOMER, &identity.customer)
+        .env(env::PUSHER, &identity.fingerprint);
+    let started = std::time::Instant::now();
+    match plumbing::run_command(command, channel, gone, shared.kill.clone()).await {
+        Ok(ending) => tracing::info!(?ending, elapsed = ?started.elapsed(), "command finished"),
+        Err(error) => tracing::error!(%error, "cannot spawn slipway ops"),
     }
 }
 
@@ -610,49 +779,11 @@ async fn execute<S: Store>(
             let _ = channel.extended_data_bytes(1, text.into_bytes()).await;
         }
     };
-    let fail = |message: &str, hint: Option<&str>| {
-        let mut text = format!("remote: error: {message}\n");
-        if let Some(hint) = hint {
-            text.push_str(&format!("remote: hint: {hint}\n"));
-        }
-        let channel = &channel;
-        async move {
-            let _ = channel.extended_data_bytes(1, text.into_bytes()).await;
-            let _ = channel.exit_status(1).await;
-            let _ = channel.eof().await;
-            let _ = channel.close().await;
-        }
-    };
+    let fail =
+        async |message: &str, hint: Option<&str>| fail_channel(&channel, message, hint).await;
 
     // The key may have been removed since the connection authenticated.
-    if shared.keys.lookup(&identity.fingerprint).await != Owner::Customer(identity.customer.clone())
-    {
-        fail("your key is no longer authorized", None).await;
-        return;
-    }
-    let webspace = match shared.store.get::<Webspace>(&command.webspace).await {
-        Ok(webspace) => webspace,
-        Err(error) => {
-            tracing::error!(error = %error, "cannot read the webspace");
-            fail(
-                "the server cannot read its configuration; try again later",
-                None,
-            )
-            .await;
-            return;
-        }
-    };
-    // An unknown webspace and another customer's get the same answer, so names do not leak.
-    if webspace.as_ref().map(|w| w.spec.customer.as_str()) != Some(identity.customer.as_str()) {
-        tracing::info!("refused: not the owner");
-        fail(
-            &format!(
-                "webspace `{}` does not exist or you have no access to it",
-                command.webspace
-            ),
-            Some("check the name in your remote URL, or ask the webspace's owner"),
-        )
-        .await;
+    if !authorize(&shared, &identity, &command.webspace, &channel).await {
         return;
     }
     let _guard = if command.service == Service::ReceivePack {

@@ -342,6 +342,13 @@ async fn stage_and_verify(
     // On one host the operator starts the release from the engine's local copy while the image
     // goes to the registry; a cluster's nodes pull it, so there it is pushed first.
     let alongside = config.rollout && config.store == Backend::Directory;
+    // Pushes to a webspace are serialized by the git server: nobody else numbers its releases
+    // meanwhile.
+    let existing = store
+        .list::<Release>()
+        .await
+        .map_err(|e| reporter.failure("the server cannot read the releases", &e))?;
+    let mut version = release::next_version(&existing, &config.webspace);
     for branch in built {
         let reference = if alongside {
             branch.image.clone()
@@ -356,7 +363,8 @@ async fn stage_and_verify(
                 .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
             markers.push(marker);
         }
-        stage(store, branch, &reference, config, reporter).await?;
+        stage(store, branch, &reference, version, config, reporter).await?;
+        version = version.saturating_add(1);
         recorded.push(name);
     }
     if !verified(config) {
@@ -517,6 +525,7 @@ async fn stage(
     store: &AnyStore,
     built: &Built,
     image: &str,
+    version: u32,
     config: &Config,
     reporter: &Reporter,
 ) -> Result<Release, ()> {
@@ -529,13 +538,14 @@ async fn stage(
         &config.pusher,
     );
     release.spec.port = built.port;
+    release.spec.version = Some(version);
     let name = release.metadata.name.clone().unwrap_or_default();
     store
         .put(&release)
         .await
         .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
     reporter.say(&format!(
-        "slipway: staged release `{name}` for `{}`",
+        "slipway: staged release v{version} (`{name}`) for `{}`",
         built.branch
     ));
     Ok(release)
@@ -707,17 +717,17 @@ async fn report_rollout(
     let deadline = started + wait;
     let mut next_progress = started + WAITING_EVERY;
     loop {
-        let status = store
-            .get::<Release>(name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.status)
+        let release = store.get::<Release>(name).await.ok().flatten();
+        let version = release
+            .as_ref()
+            .and_then(|r| r.spec.version)
+            .map(|v| format!(" v{v}"))
             .unwrap_or_default();
+        let status = release.and_then(|r| r.status).unwrap_or_default();
         match status.phase.as_deref() {
             Some("Live") => {
                 reporter.say(&format!(
-                    "slipway: deployed `{branch}` → {}",
+                    "slipway: deployed `{branch}`{version} → {}",
                     status.url.unwrap_or_default()
                 ));
                 return;

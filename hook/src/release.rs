@@ -53,6 +53,7 @@ pub fn staged(
             image: image.to_owned(),
             pusher: pusher.to_owned(),
             port: None,
+            version: None,
         },
     );
     release.metadata.annotations = Some(std::collections::BTreeMap::from([(
@@ -79,6 +80,18 @@ fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
         ..Default::default()
     });
     release
+}
+
+/// The version the next Release of `webspace` gets: one more than the highest of its releases
+/// (pruned ones took theirs along, but the newest are always kept), `1` for the first.
+pub fn next_version(releases: &[Release], webspace: &str) -> u32 {
+    releases
+        .iter()
+        .filter(|r| r.spec.webspace == webspace)
+        .filter_map(|r| r.spec.version)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1)
 }
 
 /// The releases of `webspace` that change because `update` was applied: the verified release
@@ -136,6 +149,29 @@ mod tests {
         assert_ne!(a, b);
         let long = name(&"w".repeat(63), "main", commit);
         assert!(slipway_api::names::validate_label(&long).is_ok(), "{long}");
+    }
+
+    #[test]
+    fn versions_count_up_per_webspace() {
+        let versioned = |webspace: &str, version: Option<u32>| {
+            let mut release = staged(webspace, "main", "c", "t", "img", "k");
+            release.spec.version = version;
+            release
+        };
+        assert_eq!(next_version(&[], "blog"), 1);
+        let releases = [
+            versioned("blog", Some(3)),
+            versioned("blog", None),
+            versioned("blog", Some(7)),
+            versioned("shop", Some(40)),
+        ];
+        assert_eq!(
+            next_version(&releases, "blog"),
+            8,
+            "after the highest, gaps kept"
+        );
+        assert_eq!(next_version(&releases, "shop"), 41);
+        assert_eq!(next_version(&releases, "new"), 1);
     }
 
     #[test]

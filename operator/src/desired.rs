@@ -219,6 +219,7 @@ mod tests {
                 image: format!("registry/{webspace}:{name}"),
                 pusher: "SHA256:x".into(),
                 port: None,
+                version: None,
             },
         );
         release.metadata.creation_timestamp =

@@ -12,5 +12,6 @@ pub fn release_spec() -> ReleaseSpec {
         image: "i".into(),
         pusher: "p".into(),
         port: None,
+        version: None,
     }
 }

@@ -435,6 +435,7 @@ mod tests {
                 image: "registry/blog@sha256:00".into(),
                 pusher: "SHA256:x".into(),
                 port: None,
+                version: None,
             },
         );
         release.status = Some(ReleaseStatus {

@@ -604,6 +604,7 @@ pub(crate) mod tests {
                 ),
                 pusher: "SHA256:key".into(),
                 port: None,
+                version: None,
             },
         );
         release.metadata.creation_timestamp = Some(
