@@ -59,6 +59,47 @@ enum Verb {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// A new release from an earlier one's image (default: the one before what serves), with
+    /// the current config; it goes through the health check like a push.
+    Rollback {
+        webspace: String,
+        /// The branch (default: the production branch), or the version when alone.
+        branch: Option<String>,
+        /// The version to go back to, like `v3`.
+        version: Option<String>,
+    },
+    /// A new release of what serves the branch, started afresh.
+    Restart {
+        webspace: String,
+        /// The branch (default: the production branch).
+        branch: Option<String>,
+    },
+    /// The webspace's config, values masked.
+    Config {
+        webspace: String,
+        /// Show the values.
+        #[arg(long)]
+        reveal: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set config values; each serving branch gets a new release with them.
+    #[command(name = "config:set")]
+    ConfigSet {
+        webspace: String,
+        /// `KEY=VALUE` pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove config values; each serving branch gets a new release without them.
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        webspace: String,
+        /// Names to remove.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 /// How the git server runs it.
@@ -73,6 +114,12 @@ pub struct OpsArgs {
     /// Where resources live: `directory` or `kube`.
     #[arg(long, env = env::STORE, default_value = "directory", value_parser = crate::parse_backend)]
     store: Backend,
+    /// Fingerprint of the caller's key (recorded as who made a release).
+    #[arg(long, env = env::PUSHER, default_value = "")]
+    pusher: String,
+    /// Seconds the operator gives a new release to answer.
+    #[arg(long, env = env::HEALTH_TIMEOUT, default_value_t = 30)]
+    health_timeout: u64,
     /// The verb and its arguments, as the SSH client sent them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     words: Vec<String>,
@@ -143,6 +190,11 @@ Commands for your webspaces (ssh git@HOST COMMAND ...):
   info WEBSPACE [--json]                 branches, what serves each, conditions
   releases WEBSPACE [BRANCH] [--json]    releases, newest first
   logs WEBSPACE [BRANCH] [-n N] [-f]     the app's output; -f follows until you leave
+  rollback WEBSPACE [BRANCH] [vN]        a new release from an earlier one's image
+  restart WEBSPACE [BRANCH]              a new release of what serves, started afresh
+  config WEBSPACE [--reveal] [--json]    config values (masked)
+  config:set WEBSPACE KEY=VALUE...       set values: a new release with them
+  config:unset WEBSPACE KEY...           remove values: a new release without them
 Push with: git push ssh://git@HOST/WEBSPACE.git BRANCH
 ";
 
@@ -178,7 +230,348 @@ async fn verb(args: &OpsArgs, verb: Verb) -> Result<(), Refusal> {
             let webspace = owned(&store, &args.customer, &webspace).await?;
             logs(args, &store, &webspace, branch.as_deref(), lines, follow).await
         }
+        Verb::Rollback {
+            webspace,
+            branch,
+            version,
+        } => {
+            let webspace = owned(&store, &args.customer, &webspace).await?;
+            // `rollback blog v3`: a lone version, on the production branch.
+            let (branch, version) = match (branch, version) {
+                (Some(b), None) if parse_version(&b).is_some() => (None, Some(b)),
+                other => other,
+            };
+            rollback(
+                args,
+                &store,
+                &webspace,
+                branch.as_deref(),
+                version.as_deref(),
+            )
+            .await
+        }
+        Verb::Restart { webspace, branch } => {
+            let webspace = owned(&store, &args.customer, &webspace).await?;
+            let branch = branch.unwrap_or_else(|| webspace.spec.production_branch.clone());
+            let serving = live_release(&store, name_of(&webspace), &branch).await?;
+            redeploy(args, &store, &serving, "restart").await
+        }
+        Verb::Config {
+            webspace,
+            reveal,
+            json,
+        } => {
+            let webspace = owned(&store, &args.customer, &webspace).await?;
+            show_config(args, &webspace, reveal, json)
+        }
+        Verb::ConfigSet { webspace, pairs } => {
+            let webspace = owned(&store, &args.customer, &webspace).await?;
+            let mut changes = Vec::new();
+            for pair in &pairs {
+                let Some((key, value)) = pair.split_once('=') else {
+                    return Err(Refusal::new(
+                        format!("`{pair}` is not KEY=VALUE"),
+                        Some("config:set blog TOKEN=abc LEVEL=debug"),
+                    ));
+                };
+                check_key(key)?;
+                changes.push((key.to_owned(), Some(value.to_owned())));
+            }
+            change_config(args, &store, &webspace, changes).await
+        }
+        Verb::ConfigUnset { webspace, keys } => {
+            let webspace = owned(&store, &args.customer, &webspace).await?;
+            let mut changes = Vec::new();
+            for key in &keys {
+                check_key(key)?;
+                changes.push((key.clone(), None));
+            }
+            change_config(args, &store, &webspace, changes).await
+        }
     }
+}
+
+/// `v3` → 3.
+fn parse_version(text: &str) -> Option<u32> {
+    text.strip_prefix('v')?.parse().ok()
+}
+
+/// The release serving `branch` of `webspace` (its `Live` one).
+async fn live_release(store: &AnyStore, webspace: &str, branch: &str) -> Result<Release, Refusal> {
+    releases_of(store, webspace, Some(branch))
+        .await?
+        .into_iter()
+        .find(|r| r.phase() == "Live")
+        .ok_or_else(|| {
+            Refusal::new(
+                format!("nothing serves branch `{branch}` of `{webspace}`"),
+                Some("push it first; `releases WEBSPACE` lists what there is"),
+            )
+        })
+}
+
+async fn rollback(
+    args: &OpsArgs,
+    store: &AnyStore,
+    webspace: &Webspace,
+    branch: Option<&str>,
+    version: Option<&str>,
+) -> Result<(), Refusal> {
+    let name = name_of(webspace);
+    let branch = branch.unwrap_or(&webspace.spec.production_branch);
+    let releases = releases_of(store, name, Some(branch)).await?;
+    let serving = releases.iter().find(|r| r.phase() == "Live");
+    let target = match version {
+        Some(text) => {
+            let wanted = parse_version(text).ok_or_else(|| {
+                Refusal::new(
+                    format!("`{text}` is not a version"),
+                    Some("versions look like `v3`"),
+                )
+            })?;
+            releases
+                .iter()
+                .find(|r| r.spec.version == Some(wanted))
+                .ok_or_else(|| {
+                    Refusal::new(
+                        format!("branch `{branch}` of `{name}` has no release {text}"),
+                        Some(&format!(
+                            "`releases {name} {branch}` lists what can be rolled back to"
+                        )),
+                    )
+                })?
+        }
+        None => {
+            let Some(serving) = serving else {
+                return Err(Refusal::new(
+                    format!("nothing serves branch `{branch}` of `{name}`"),
+                    Some("push it first"),
+                ));
+            };
+            // The newest one before it that once served (not a refused or abandoned one).
+            releases
+                .iter()
+                .find(|r| r.order() < serving.order() && r.phase() == "Superseded")
+                .ok_or_else(|| {
+                    Refusal::new(
+                        format!("branch `{branch}` of `{name}` has no earlier release"),
+                        Some(&format!("`releases {name} {branch}` lists them")),
+                    )
+                })?
+        }
+    };
+    if serving.is_some_and(|s| s.spec.image == target.spec.image) && version.is_none() {
+        return Err(Refusal::new(
+            "the earlier release runs the same image as the serving one",
+            Some("name a version: `rollback WEBSPACE BRANCH vN`"),
+        ));
+    }
+    if args.store == Backend::Directory && !image_present(&target.spec.image).await {
+        return Err(Refusal::new(
+            format!(
+                "the image of {} is gone (old releases' images are pruned)",
+                target
+                    .spec
+                    .version
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_default()
+            ),
+            Some("roll back to a newer release, or push that commit again"),
+        ));
+    }
+    let cause = match target.spec.version {
+        Some(v) => format!("rollback to v{v}"),
+        None => "rollback".to_owned(),
+    };
+    redeploy(args, store, target, &cause).await
+}
+
+/// Whether the engine holds `image` (on one host, where releases start from its copy).
+async fn image_present(image: &str) -> bool {
+    let Ok(docker) = bollard::Docker::connect_with_defaults() else {
+        return false;
+    };
+    docker.inspect_image(image).await.is_ok()
+}
+
+/// Stages a new release of `base`'s build for `cause`, waits for the operator's verdict like a
+/// push, then promotes it and waits until it serves. A refused one is removed again: nothing
+/// that serves changes.
+async fn redeploy(
+    args: &OpsArgs,
+    store: &AnyStore,
+    base: &Release,
+    cause: &str,
+) -> Result<(), Refusal> {
+    let webspace = &base.spec.webspace;
+    let branch = &base.spec.branch;
+    let all = store.list::<Release>().await?;
+    let version = slipway_hook::release::next_version(&all, webspace);
+    let release = slipway_hook::release::derived(base, version, cause, &args.pusher);
+    let name = release.metadata.name.clone().unwrap_or_default();
+    // Held while the verdict is awaited: the operator fails a staged release whose maker died.
+    let _marker = match args.store {
+        Backend::Directory => Some(
+            slipway_store::pushes::Pushing::hold(&args.data, &name)
+                .map_err(|_| Refusal::new("the server cannot record the release", None))?,
+        ),
+        Backend::Kube => None,
+    };
+    store.put(&release).await?;
+    let reporter =
+        slipway_hook::report::Reporter::new(Some(args.data.join("logs").join("ops.log")));
+    reporter.say(&format!(
+        "slipway: staged release v{version} (`{name}`) for `{branch}`: {cause}"
+    ));
+    let wait = slipway_hook::verdict_wait(
+        args.store,
+        std::time::Duration::from_secs(args.health_timeout),
+    );
+    if slipway_hook::verdict(store, wait, webspace, branch, &name, &reporter)
+        .await
+        .is_err()
+    {
+        let _ = store.delete::<Release>(&name).await;
+        return Err(Refusal::new(
+            format!("v{version} was refused; nothing changed"),
+            None,
+        ));
+    }
+    let current = store.get::<Release>(&name).await?.ok_or_else(|| {
+        Refusal::new(
+            "the new release was removed meanwhile; nothing changed",
+            None,
+        )
+    })?;
+    store
+        .put(&slipway_hook::release::promoted(&current))
+        .await?;
+    slipway_hook::report_rollout(store, webspace, branch, &name, &reporter).await;
+    Ok(())
+}
+
+/// Refuses a config key that is not an environment variable name, or is Slipway's own.
+fn check_key(key: &str) -> Result<(), Refusal> {
+    if !slipway_api::names::is_env_name(key) {
+        return Err(Refusal::new(
+            format!("`{key}` is not a variable name"),
+            Some("names are letters, digits and `_`, not starting with a digit"),
+        ));
+    }
+    if key == "PORT" {
+        return Err(Refusal::new(
+            "`PORT` is set by Slipway (the port the app must listen on)",
+            Some("set `spec.port` of the webspace to change it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Config exists on one host only for now.
+fn config_here(args: &OpsArgs) -> Result<(), Refusal> {
+    match args.store {
+        Backend::Directory => Ok(()),
+        Backend::Kube => Err(Refusal::new(
+            "config over SSH is not served on a cluster yet",
+            Some("`spec.env` of the Webspace holds non-secret values"),
+        )),
+    }
+}
+
+fn show_config(
+    args: &OpsArgs,
+    webspace: &Webspace,
+    reveal: bool,
+    json: bool,
+) -> Result<(), Refusal> {
+    config_here(args)?;
+    let values = slipway_store::config::read(&args.data, name_of(webspace))
+        .map_err(|_| Refusal::new("the server cannot read the config; try again later", None))?;
+    let shown = |value: &String| {
+        if reveal {
+            value.clone()
+        } else {
+            "********".to_owned()
+        }
+    };
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = values
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(shown(v))))
+            .collect();
+        return print_json(&serde_json::Value::Object(map));
+    }
+    if values.is_empty() {
+        println!(
+            "no config; `config:set {} KEY=VALUE` adds some",
+            name_of(webspace)
+        );
+    }
+    for (key, value) in &values {
+        println!("{key}={}", shown(value));
+    }
+    Ok(())
+}
+
+/// Applies `changes` (a value to set, or `None` to remove) to the webspace's config and gives
+/// every serving branch a new release with it; if one is refused, the config is put back and
+/// what serves stays as it was.
+async fn change_config(
+    args: &OpsArgs,
+    store: &AnyStore,
+    webspace: &Webspace,
+    changes: Vec<(String, Option<String>)>,
+) -> Result<(), Refusal> {
+    config_here(args)?;
+    let name = name_of(webspace);
+    let unreadable = |_| Refusal::new("the server cannot read the config; try again later", None);
+    let before = slipway_store::config::read(&args.data, name).map_err(unreadable)?;
+    let mut after = before.clone();
+    let mut set = Vec::new();
+    let mut unset = Vec::new();
+    for (key, value) in changes {
+        match value {
+            Some(value) => {
+                after.insert(key.clone(), value);
+                set.push(key);
+            }
+            None => {
+                if after.remove(&key).is_some() {
+                    unset.push(key);
+                }
+            }
+        }
+    }
+    if after == before {
+        println!("config of `{name}` unchanged");
+        return Ok(());
+    }
+    let unwritable = |_| Refusal::new("the server cannot write the config; try again later", None);
+    slipway_store::config::write(&args.data, name, &after).map_err(unwritable)?;
+    let cause = match (set.is_empty(), unset.is_empty()) {
+        (false, true) => format!("config: set {}", set.join(", ")),
+        (true, false) => format!("config: unset {}", unset.join(", ")),
+        _ => format!("config: set {}; unset {}", set.join(", "), unset.join(", ")),
+    };
+    let serving: Vec<Release> = releases_of(store, name, None)
+        .await?
+        .into_iter()
+        .filter(|r| r.phase() == "Live")
+        .collect();
+    if serving.is_empty() {
+        eprintln!("slipway: config of `{name}` changed; nothing serves yet, the next push uses it");
+        return Ok(());
+    }
+    for release in &serving {
+        if let Err(refusal) = redeploy(args, store, release, &cause).await {
+            slipway_store::config::write(&args.data, name, &before).map_err(unwritable)?;
+            return Err(Refusal::new(
+                format!("{}; the config was put back as it was", refusal.message),
+                Some("the app must start with the new values; `logs` shows why it did not"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The webspace `name` if `customer` owns it; an unknown one and another's answer alike.
@@ -343,6 +736,7 @@ async fn releases(
                     "image": r.spec.image,
                     "pusher": r.spec.pusher,
                     "pushedAt": r.pushed_at().map(|t| t.to_string()),
+                    "cause": r.spec.cause.as_deref().unwrap_or("push"),
                     "status": r.status,
                 })
             })
@@ -360,6 +754,7 @@ async fn releases(
         "PHASE".into(),
         "PUSHED".into(),
         "BY".into(),
+        "CAUSE".into(),
         "REASON".into(),
     ]];
     rows.extend(releases.iter().map(|r| {
@@ -371,6 +766,7 @@ async fn releases(
             status.phase.unwrap_or_default(),
             r.pushed_at().map(|t| t.to_string()).unwrap_or_default(),
             r.spec.pusher.chars().take(20).collect(),
+            r.spec.cause.clone().unwrap_or_else(|| "push".to_owned()),
             status.reason.unwrap_or_default(),
         ]
     }));

@@ -1374,3 +1374,186 @@ fn a_flood_of_log_followers_is_capped_per_customer() {
     });
     assert_ok(&host.alice.ssh(host.server(), &[], Some("apps")));
 }
+
+/// An app whose page says its `GREETING` (from config) and its version, and that exits at
+/// start when `CRASH` is set.
+fn configurable_app(host: &Host, app: &std::path::Path, version: &str) {
+    let dockerfile = "FROM slipway-test/busybox:latest\nCOPY . /www\nCMD if [ -n \"$CRASH\" ]; then echo crashing on purpose; exit 3; fi; echo \"${GREETING:-plain} $(cat /www/version)\" > /www/index.html; exec httpd -f -p \"$PORT\" -h /www\n";
+    let files = [("Dockerfile", dockerfile), ("version", version)];
+    if app.exists() {
+        commit(&host.alice, app, &files, version);
+    } else {
+        work_tree(&host.alice, app, &files);
+    }
+}
+
+#[test]
+fn rollback_makes_a_new_release_of_an_earlier_image_and_the_next_push_builds_as_usual() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    let ssh = |command: &str| host.alice.ssh(host.server(), &[], Some(command));
+    configurable_app(&host, &app, "one");
+    assert_ok(&host.push(&app, &["main"]));
+    configurable_app(&host, &app, "two");
+    assert_ok(&host.push(&app, &["main"]));
+    assert_eq!(host.get(&host.name), (200, "plain two\n".to_owned()));
+    let pushed = rev_parse(&app, "HEAD").expect("head");
+
+    let back = ssh(&format!("rollback {}", host.name));
+    assert_ok(&back);
+    let said = stderr(&back);
+    assert!(
+        said.contains("staged release v3") && said.contains("rollback to v1"),
+        "{said}"
+    );
+    assert!(said.contains("deployed `main` v3"), "{said}");
+    assert_eq!(host.get(&host.name), (200, "plain one\n".to_owned()));
+    let listed =
+        String::from_utf8_lossy(&ssh(&format!("releases {}", host.name)).stdout).into_owned();
+    let newest = listed.lines().nth(1).unwrap_or_default();
+    assert!(
+        newest.starts_with("v3") && newest.contains("Live") && newest.contains("rollback to v1"),
+        "{listed}"
+    );
+    // The branch's ref is left alone.
+    let remote = host.alice.git(
+        &app,
+        &[
+            "ls-remote",
+            &host.server().url(&format!("{}.git", host.name)),
+            "refs/heads/main",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&remote.stdout).starts_with(&pushed));
+
+    // Back to a named version; a missing one is refused and nothing changes.
+    assert_ok(&ssh(&format!("rollback {} main v2", host.name)));
+    assert_eq!(host.get(&host.name), (200, "plain two\n".to_owned()));
+    let missing = ssh(&format!("rollback {} v99", host.name));
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("has no release v99"),
+        "{}",
+        stderr(&missing)
+    );
+
+    configurable_app(&host, &app, "three");
+    let next = host.push(&app, &["main"]);
+    assert_ok(&next);
+    assert!(
+        stderr(&next).contains("deployed `main` v5"),
+        "{}",
+        stderr(&next)
+    );
+    assert_eq!(host.get(&host.name), (200, "plain three\n".to_owned()));
+
+    // A restart is a new release of what serves, in a new container.
+    let before = host.containers();
+    let restart = ssh(&format!("restart {}", host.name));
+    assert_ok(&restart);
+    assert!(
+        stderr(&restart).contains("deployed `main` v6"),
+        "{}",
+        stderr(&restart)
+    );
+    assert_eq!(host.get(&host.name), (200, "plain three\n".to_owned()));
+    wait_for("the old container to go", Duration::from_secs(20), || {
+        host.containers().len() == 1
+    });
+    assert_ne!(host.containers(), before);
+}
+
+#[test]
+fn config_values_reach_the_app_through_the_health_gate_and_stay_secret() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    let ssh = |command: &str| host.alice.ssh(host.server(), &[], Some(command));
+    configurable_app(&host, &app, "one");
+    assert_ok(&host.push(&app, &["main"]));
+
+    let set = ssh(&format!(
+        "config:set {} GREETING=hello TOKEN=s3cr3t-value",
+        host.name
+    ));
+    assert_ok(&set);
+    assert!(
+        stderr(&set).contains("config: set GREETING, TOKEN")
+            && stderr(&set).contains("deployed `main` v2"),
+        "{}",
+        stderr(&set)
+    );
+    assert_eq!(host.get(&host.name), (200, "hello one\n".to_owned()));
+    let shown = String::from_utf8_lossy(&ssh(&format!("config {}", host.name)).stdout).into_owned();
+    assert!(
+        shown.contains("TOKEN=********") && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+    let revealed = String::from_utf8_lossy(&ssh(&format!("config {} --reveal", host.name)).stdout)
+        .into_owned();
+    assert!(revealed.contains("TOKEN=s3cr3t-value"), "{revealed}");
+
+    // A value that keeps the app from starting is refused; the config and what serves stay.
+    let crash = ssh(&format!("config:set {} CRASH=1", host.name));
+    assert!(!crash.status.success());
+    assert!(
+        stderr(&crash).contains("did not become healthy")
+            && stderr(&crash).contains("crashing on purpose")
+            && stderr(&crash).contains("the config was put back"),
+        "{}",
+        stderr(&crash)
+    );
+    assert_eq!(host.get(&host.name), (200, "hello one\n".to_owned()));
+    let after = String::from_utf8_lossy(&ssh(&format!("config {} --reveal", host.name)).stdout)
+        .into_owned();
+    assert!(!after.contains("CRASH"), "{after}");
+
+    // Names are checked; PORT is Slipway's.
+    let bad = ssh(&format!("config:set {} 1X=a", host.name));
+    assert!(!bad.status.success() && stderr(&bad).contains("not a variable name"));
+    let port = ssh(&format!("config:set {} PORT=1", host.name));
+    assert!(!port.status.success() && stderr(&port).contains("`PORT` is set by Slipway"));
+
+    assert_ok(&ssh(&format!("config:unset {} GREETING", host.name)));
+    assert_eq!(host.get(&host.name), (200, "plain one\n".to_owned()));
+
+    // The secret is nowhere but its file: not in the resources (as `slipway get` shows them or
+    // on disk), not in the server's or the hooks' logs.
+    let data = host.scratch.data();
+    for kind in ["releases", "webspaces"] {
+        let yaml = Command::new(common::SLIPWAY)
+            .args(["get", kind, "-o", "yaml", "--data"])
+            .arg(&data)
+            .output()
+            .expect("slipway get");
+        assert!(
+            !String::from_utf8_lossy(&yaml.stdout).contains("s3cr3t"),
+            "{kind}"
+        );
+    }
+    let mut files = vec![data.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            if path.ends_with("repos") {
+                continue;
+            }
+            files.extend(
+                fs::read_dir(&path)
+                    .expect("dir")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if path != data.join(format!("secrets/{}.json", host.name)) {
+            let bytes = fs::read(&path).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("s3cr3t"),
+                "the secret is in {}",
+                path.display()
+            );
+        }
+    }
+    let ps = Command::new("ps")
+        .args(["axww", "-o", "args"])
+        .output()
+        .expect("ps");
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("s3cr3t"));
+}

@@ -119,6 +119,15 @@ pub fn branch_label(branch: &str) -> String {
     }
 }
 
+/// Whether `name` is an environment variable name an app can be given: a letter or `_`, then
+/// letters, digits and `_`.
+pub fn is_env_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

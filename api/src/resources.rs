@@ -317,6 +317,10 @@ pub struct ReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub version: Option<u32>,
+    /// Why it exists when not a push of its commit: `rollback to v3`, `restart`,
+    /// `config: set TOKEN` (names only, never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 /// Annotation on a Release: when the hook staged it, to the nanosecond (RFC 3339). Releases
@@ -499,12 +503,7 @@ impl Validate for Webspace {
             })?;
         }
         for name in self.spec.env.keys() {
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !names::is_env_name(name) {
                 return Err(ValidationError::Field {
                     field: "spec.env",
                     reason: format!("`{}` is not a valid variable name", name.escape_default()),

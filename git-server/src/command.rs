@@ -51,15 +51,30 @@ pub enum Verb {
     Releases,
     /// An app's output.
     Logs,
+    /// A new release from an earlier one's image.
+    Rollback,
+    /// A new release of what serves, started afresh.
+    Restart,
+    /// A webspace's config (masked).
+    Config,
+    /// Set config values: a new release with them.
+    ConfigSet,
+    /// Remove config values: a new release without them.
+    ConfigUnset,
 }
 
 impl Verb {
-    const ALL: [(&'static str, Verb); 5] = [
+    const ALL: [(&'static str, Verb); 10] = [
         ("help", Verb::Help),
         ("apps", Verb::Apps),
         ("info", Verb::Info),
         ("releases", Verb::Releases),
         ("logs", Verb::Logs),
+        ("rollback", Verb::Rollback),
+        ("restart", Verb::Restart),
+        ("config", Verb::Config),
+        ("config:set", Verb::ConfigSet),
+        ("config:unset", Verb::ConfigUnset),
     ];
 
     /// Its name on the command line.
@@ -72,7 +87,15 @@ impl Verb {
 
     /// Whether its first argument is a webspace (checked against the caller like a repository).
     pub fn takes_webspace(self) -> bool {
-        matches!(self, Verb::Info | Verb::Releases | Verb::Logs)
+        !matches!(self, Verb::Help | Verb::Apps)
+    }
+
+    /// Whether it changes what runs: it then waits for the webspace's push lock, like a push.
+    pub fn mutates(self) -> bool {
+        matches!(
+            self,
+            Verb::Rollback | Verb::Restart | Verb::ConfigSet | Verb::ConfigUnset
+        )
     }
 }
 
@@ -138,11 +161,17 @@ pub fn parse_request(command: &[u8]) -> Result<Request, CommandError> {
     else {
         return parse(command).map(Request::Git);
     };
+    // Config values may hold what URLs and tokens hold; never quotes, backslashes or spaces.
+    // Nothing here reaches a shell either way: `slipway ops` gets an argument vector.
+    let value_like = verb == Verb::ConfigSet;
     let plain = |w: &str| {
         !w.is_empty()
             && w.len() <= 256
-            && w.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-_:/=@+,".contains(c))
+            && w.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || ".-_:/=@+,".contains(c)
+                    || (value_like && c.is_ascii_graphic() && !"'\"\\`".contains(c))
+            })
     };
     let mut args: Vec<String> = Vec::new();
     for word in words {

@@ -743,6 +743,29 @@ async fn execute_ops<S: Store>(
         .await;
         return;
     };
+    // A change of what runs is ordered with the webspace's pushes.
+    let _guard = match (&ops.webspace, ops.verb.mutates()) {
+        (Some(webspace), true) => match shared.locks.try_acquire(webspace) {
+            Some(guard) => Some(guard),
+            None => {
+                let text = format!("remote: waiting for a push to `{webspace}` to finish...\n");
+                let _ = channel.extended_data_bytes(1, text.into_bytes()).await;
+                let acquired =
+                    tokio::time::timeout(shared.config.push_wait, shared.locks.acquire(webspace));
+                tokio::select! {
+                    acquired = acquired => match acquired {
+                        Ok(guard) => Some(guard),
+                        Err(_) => {
+                            fail_channel(&channel, "a push to this webspace is still running", Some("run it again when the push has finished")).await;
+                            return;
+                        }
+                    },
+                    () = gone.cancelled() => return,
+                }
+            }
+        },
+        _ => None,
+    };
     let mut command = tokio::process::Command::new("setpriv");
     command
         .args(["--pdeathsig", "KILL", "--"])

@@ -381,8 +381,16 @@ async fn stage_and_verify(
                     Ok(None)
                 }
             };
-            let (pushed, verdict) =
-                tokio::join!(pushed, verdict(config, store, branch, name, reporter));
+            let wait = verdict_wait(config.store, config.health_timeout);
+            let verdict = verdict(
+                store,
+                wait,
+                &config.webspace,
+                &branch.branch,
+                name,
+                reporter,
+            );
+            let (pushed, verdict) = tokio::join!(pushed, verdict);
             verdict?;
             if let Some(reference) = pushed? {
                 record_image(store, name, &reference, reporter).await?;
@@ -558,21 +566,26 @@ const VERDICT_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest pre-receive waits for a cluster's verdict.
 const CLUSTER_VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
+/// How long pre-receive waits for a verdict: the operator's health timeout and some slack on
+/// one host, [`CLUSTER_VERDICT_WAIT`] on a cluster.
+pub fn verdict_wait(store: Backend, health_timeout: std::time::Duration) -> std::time::Duration {
+    match store {
+        Backend::Kube => CLUSTER_VERDICT_WAIT,
+        Backend::Directory => health_timeout + VERDICT_SLACK,
+    }
+}
+
 /// Waits for the operator's verdict on the staged release `name`, with a line every few
 /// seconds saying what it waits for: `Ok` when it is `Verified`; the reason, hint and the app's
 /// last log lines when it `Failed`; a refusal when no verdict came in time.
-async fn verdict(
-    config: &Config,
+pub async fn verdict(
     store: &AnyStore,
-    built: &Built,
+    wait: std::time::Duration,
+    webspace: &str,
+    branch: &str,
     name: &str,
     reporter: &Reporter,
 ) -> Result<(), ()> {
-    let branch = &built.branch;
-    let wait = match config.store {
-        Backend::Kube => CLUSTER_VERDICT_WAIT,
-        Backend::Directory => config.health_timeout + VERDICT_SLACK,
-    };
     let tool = tool(store);
     let mut changes = store.changes();
     let started = tokio::time::Instant::now();
@@ -601,7 +614,7 @@ async fn verdict(
                 return Ok(());
             }
             phase::FAILED => {
-                let serving = serving_now(store, &config.webspace, branch).await;
+                let serving = serving_now(store, webspace, branch).await;
                 reporter.error(
                     &format!("`{branch}` {doing}; {serving}"),
                     status.hint.as_deref(),
@@ -625,7 +638,7 @@ async fn verdict(
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            let serving = serving_now(store, &config.webspace, branch).await;
+            let serving = serving_now(store, webspace, branch).await;
             reporter.error(
                 &format!(
                     "`{branch}` was not verified within {} s ({doing}); {serving}",
@@ -633,7 +646,7 @@ async fn verdict(
                 ),
                 Some(&format!(
                     "the operator verifies releases; `{tool} get releases` and `{tool} describe webspace {}` show what it did",
-                    config.webspace
+                    webspace
                 )),
             );
             return Err(());
@@ -699,7 +712,7 @@ const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Waits until the operator took `name` live (or failed it), and tells the pusher: woken by the
 /// store's change feed (a watch on a cluster), re-read every second in case a change was missed,
 /// with a progress line every few seconds saying what the rollout is waiting for.
-async fn report_rollout(
+pub async fn report_rollout(
     store: &AnyStore,
     webspace: &str,
     branch: &str,

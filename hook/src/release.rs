@@ -54,6 +54,7 @@ pub fn staged(
             pusher: pusher.to_owned(),
             port: None,
             version: None,
+            cause: None,
         },
     );
     release.metadata.annotations = Some(std::collections::BTreeMap::from([(
@@ -80,6 +81,44 @@ fn with_phase(release: &Release, phase: &str, reason: Option<&str>) -> Release {
         ..Default::default()
     });
     release
+}
+
+/// A new staged Release of `base`'s build (same commit, image and port) as version `version`,
+/// made for `cause` (a rollback, a restart, a config change) rather than a push: named
+/// `<webspace>-v<version>-<hash of branch>`, which no push's name (a commit's hex digits) can be.
+pub fn derived(base: &Release, version: u32, cause: &str, pusher: &str) -> Release {
+    let webspace = &base.spec.webspace;
+    let branch = &base.spec.branch;
+    let branch_hash = short_hash(branch.as_bytes());
+    let tag = format!("v{version}");
+    let room = MAX_LABEL - tag.len() - 8 - 2;
+    let prefix = webspace
+        .get(..room.min(webspace.len()))
+        .unwrap_or(webspace)
+        .trim_end_matches('-');
+    let name = format!(
+        "{prefix}-{tag}-{}",
+        branch_hash.get(..8).unwrap_or(&branch_hash)
+    );
+    let mut release = staged(
+        webspace,
+        branch,
+        &base.spec.commit,
+        &base.spec.tree,
+        &base.spec.image,
+        pusher,
+    );
+    release.metadata.name = Some(name);
+    release.spec.port = base.spec.port;
+    release.spec.version = Some(version);
+    release.spec.cause = Some(cause.to_owned());
+    release
+}
+
+/// Marks `release` promoted: what post-receive does once the ref moved, and an owner's
+/// command once its release was verified.
+pub fn promoted(release: &Release) -> Release {
+    with_phase(release, PROMOTED, None)
 }
 
 /// The version the next Release of `webspace` gets: one more than the highest of its releases
@@ -149,6 +188,29 @@ mod tests {
         assert_ne!(a, b);
         let long = name(&"w".repeat(63), "main", commit);
         assert!(slipway_api::names::validate_label(&long).is_ok(), "{long}");
+    }
+
+    #[test]
+    fn a_derived_release_is_named_apart_from_pushes() {
+        let base = staged("blog", "main", "0123456789abcdef", "t", "img@sha256:1", "k");
+        let derived = derived(&base, 12, "rollback to v3", "SHA256:me");
+        let name = derived.metadata.name.clone().expect("name");
+        assert!(name.starts_with("blog-v12-"), "{name}");
+        assert_ne!(Some(name.clone()), base.metadata.name);
+        assert!(slipway_api::names::validate_label(&name).is_ok());
+        assert_eq!(derived.spec.image, "img@sha256:1");
+        assert_eq!(derived.spec.cause.as_deref(), Some("rollback to v3"));
+        assert_eq!(phase(&derived), Some(STAGED));
+        let long = staged(&"w".repeat(63), "main", "c", "t", "i", "k");
+        let name = derived_name(&long);
+        assert!(slipway_api::names::validate_label(&name).is_ok(), "{name}");
+    }
+
+    fn derived_name(base: &Release) -> String {
+        derived(base, 1_000_000, "restart", "k")
+            .metadata
+            .name
+            .expect("name")
     }
 
     #[test]

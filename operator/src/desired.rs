@@ -220,6 +220,7 @@ mod tests {
                 pusher: "SHA256:x".into(),
                 port: None,
                 version: None,
+                cause: None,
             },
         );
         release.metadata.creation_timestamp =

@@ -13,5 +13,6 @@ pub fn release_spec() -> ReleaseSpec {
         pusher: "p".into(),
         port: None,
         version: None,
+        cause: None,
     }
 }

@@ -447,7 +447,10 @@ async fn reconcile<S: Store>(
         .filter(|w| !orphans.contains_key(w.metadata.name.as_deref().unwrap_or_default()))
         .cloned()
         .collect();
-    let wanted = desired(&owned, &releases, &runtimes, &settings.hosts);
+    let wanted: Vec<Deployment> = desired(&owned, &releases, &runtimes, &settings.hosts)
+        .into_iter()
+        .map(|d| with_config(settings, d))
+        .collect();
     let by_name: HashMap<&str, &Release> = releases
         .iter()
         .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, r)))
@@ -688,6 +691,28 @@ async fn reconcile<S: Store>(
     Ok(settled)
 }
 
+/// `deployment` with its webspace's config ([`slipway_store::config`]) over `spec.env`; `PORT`
+/// stays Slipway's. A container takes the config it finds when it is made: a change of config
+/// makes a new release, so it reaches the app through the health gate.
+fn with_config(settings: &Settings, mut deployment: Deployment) -> Deployment {
+    let Some(data) = &settings.data else {
+        return deployment;
+    };
+    match slipway_store::config::read(data, &deployment.webspace) {
+        Ok(values) => {
+            for (name, value) in values {
+                if name != "PORT" {
+                    deployment.env.insert(name, value);
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(webspace = %deployment.webspace, %error, "cannot read the webspace's config; starting without it");
+        }
+    }
+    deployment
+}
+
 /// How long a staged release may start before its status says what it waits for.
 const QUIET_START: Duration = Duration::from_secs(1);
 
@@ -825,6 +850,7 @@ async fn verify_one<S: Store>(
     let name = release.metadata.name.clone().unwrap_or_default();
     let planned = webspace.as_ref().and_then(|webspace| {
         crate::verify::deployment(webspace, runtimes, release, &settings.hosts)
+            .map(|(deployment, from)| (with_config(settings, deployment), from))
     });
     let Some((deployment, from)) = planned else {
         settle(

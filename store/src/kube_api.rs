@@ -436,6 +436,7 @@ mod tests {
                 pusher: "SHA256:x".into(),
                 port: None,
                 version: None,
+                cause: None,
             },
         );
         release.status = Some(ReleaseStatus {

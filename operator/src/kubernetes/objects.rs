@@ -605,6 +605,7 @@ pub(crate) mod tests {
                 pusher: "SHA256:key".into(),
                 port: None,
                 version: None,
+                cause: None,
             },
         );
         release.metadata.creation_timestamp = Some(
