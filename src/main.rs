@@ -53,6 +53,22 @@ enum Command {
     /// Run an owner's command for the git server (`ssh git@HOST logs blog`), not by people.
     #[command(hide = true)]
     Ops(ops::OpsArgs),
+    /// An app's output: `slipway logs WEBSPACE [BRANCH] [-n N] [-f]`.
+    Logs(ops::AdminArgs),
+    /// A webspace's releases, newest first: `slipway releases WEBSPACE [BRANCH] [--json]`.
+    Releases(ops::AdminArgs),
+    /// A new release from an earlier one's image: `slipway rollback WEBSPACE [BRANCH] [vN]`.
+    Rollback(ops::AdminArgs),
+    /// A new release of what serves: `slipway restart WEBSPACE [BRANCH]`.
+    Restart(ops::AdminArgs),
+    /// A webspace's config, masked: `slipway config WEBSPACE [--reveal] [--json]`.
+    Config(ops::AdminArgs),
+    /// Set config values: `slipway config:set WEBSPACE KEY=VALUE...`.
+    #[command(name = "config:set")]
+    ConfigSet(ops::AdminArgs),
+    /// Remove config values: `slipway config:unset WEBSPACE KEY...`.
+    #[command(name = "config:unset")]
+    ConfigUnset(ops::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +342,13 @@ fn main() -> ExitCode {
         Command::Hook(args) => return hook::run(args),
         // What an owner's command prints goes to the SSH client as it is.
         Command::Ops(args) => return ops::run(args),
+        Command::Logs(args) => return ops::admin("logs", args),
+        Command::Releases(args) => return ops::admin("releases", args),
+        Command::Rollback(args) => return ops::admin("rollback", args),
+        Command::Restart(args) => return ops::admin("restart", args),
+        Command::Config(args) => return ops::admin("config", args),
+        Command::ConfigSet(args) => return ops::admin("config:set", args),
+        Command::ConfigUnset(args) => return ops::admin("config:unset", args),
         command => command,
     };
     tracing_subscriber::fmt()
@@ -365,7 +388,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Get(args) => get(args).await,
         Command::Delete(args) => delete(args).await,
         Command::Crds(args) => crds(args),
-        Command::Hook(_) | Command::Ops(_) => unreachable!("handled before the runtime starts"),
+        Command::Hook(_)
+        | Command::Ops(_)
+        | Command::Logs(_)
+        | Command::Releases(_)
+        | Command::Rollback(_)
+        | Command::Restart(_)
+        | Command::Config(_)
+        | Command::ConfigSet(_)
+        | Command::ConfigUnset(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -150,6 +150,53 @@ impl From<slipway_store::StoreError> for Refusal {
     }
 }
 
+/// The same commands for an administrator (`slipway logs blog`): on the data directory (or
+/// the cluster), as the webspace's owner.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Data directory.
+    #[arg(long, env = env::DATA, default_value = "./slipway-data")]
+    data: PathBuf,
+    /// Where resources live: `directory` or `kube`.
+    #[arg(long, env = env::STORE, default_value = "directory", value_parser = crate::parse_backend)]
+    store: Backend,
+    /// Seconds the operator gives a new release to answer.
+    #[arg(long, env = env::HEALTH_TIMEOUT, default_value_t = 30)]
+    health_timeout: u64,
+    /// The webspace, then the command's own arguments (`slipway logs blog -n 20`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    words: Vec<String>,
+}
+
+/// Runs `verb` for an administrator: as the owner of the webspace its first argument names.
+pub fn admin(verb: &str, args: AdminArgs) -> ExitCode {
+    let webspace = args.words.first().cloned().unwrap_or_default();
+    let owner = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let store = AnyStore::open(args.store, &args.data).await.ok()?;
+                let found: Option<Webspace> = store.get(&webspace).await.ok()?;
+                found.map(|w| w.spec.customer)
+            })
+        });
+    let Some(customer) = owner else {
+        eprintln!("error: webspace `{webspace}` does not exist");
+        eprintln!("hint: `slipway get webspaces` lists them");
+        return ExitCode::FAILURE;
+    };
+    run(OpsArgs {
+        data: args.data,
+        customer,
+        store: args.store,
+        pusher: "administrator".to_owned(),
+        health_timeout: args.health_timeout,
+        words: std::iter::once(verb.to_owned()).chain(args.words).collect(),
+    })
+}
+
 /// Runs one owner's command; the exit code says whether it worked.
 pub fn run(args: OpsArgs) -> ExitCode {
     let request = match Request::try_parse_from(

@@ -1557,3 +1557,35 @@ fn config_values_reach_the_app_through_the_health_gate_and_stay_secret() {
         .expect("ps");
     assert!(!String::from_utf8_lossy(&ps.stdout).contains("s3cr3t"));
 }
+
+#[test]
+fn administrators_have_the_same_commands_on_the_data_directory() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    configurable_app(&host, &app, "one");
+    assert_ok(&host.push(&app, &["main"]));
+    let slipway = |args: &[&str]| {
+        Command::new(common::SLIPWAY)
+            .args(&args[..1])
+            .arg("--data")
+            .arg(host.scratch.data())
+            .args(&args[1..])
+            .output()
+            .expect("slipway")
+    };
+    let releases = slipway(&["releases", &host.name]);
+    assert_ok(&releases);
+    assert!(String::from_utf8_lossy(&releases.stdout).contains("v1"));
+    let set = slipway(&["config:set", &host.name, "GREETING=admin"]);
+    assert_ok(&set);
+    assert!(
+        stderr(&set).contains("deployed `main` v2"),
+        "{}",
+        stderr(&set)
+    );
+    assert_eq!(host.get(&host.name), (200, "admin one\n".to_owned()));
+    assert_ok(&slipway(&["logs", &host.name, "-n", "5"]));
+    let missing = slipway(&["logs", "nosuchapp"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("webspace `nosuchapp` does not exist"));
+}
