@@ -784,6 +784,10 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         health_path: args.health_path,
         progress_deadline: args.progress_deadline,
         ingress_namespace: args.ingress_namespace,
+        git_server_account: (
+            args.lease_namespace.clone(),
+            "slipway-git-server".to_owned(),
+        ),
         ..Default::default()
     };
     let holder = nonempty(args.holder)

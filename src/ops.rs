@@ -849,21 +849,16 @@ async fn logs(
 ) -> Result<(), Refusal> {
     let name = name_of(webspace);
     let branch = branch.unwrap_or(&webspace.spec.production_branch);
-    if args.store == Backend::Kube {
-        return Err(Refusal::new(
-            "logs over SSH are not served on a cluster yet",
-            Some(&format!(
-                "an administrator can run `kubectl logs -n slipway-{} -l slipway.dev/webspace={name}`",
-                webspace.spec.customer
-            )),
-        ));
-    }
-    let Some(mut release) = serving(store, name, branch).await? else {
+    let Some(release) = serving(store, name, branch).await? else {
         return Err(Refusal::new(
             format!("nothing serves branch `{branch}` of `{name}`"),
             Some(&format!("`ssh git@HOST info {name}` lists its branches")),
         ));
     };
+    if args.store == Backend::Kube {
+        return pod_logs(store, webspace, branch, release, lines, follow).await;
+    }
+    let mut release = release;
     let docker = bollard::Docker::connect_with_defaults()
         .map_err(|_| Refusal::new("the app engine is unavailable; try again later", None))?;
     let instance = slipway_operator::docker::instance(&args.data);
@@ -932,4 +927,96 @@ async fn running(docker: &bollard::Docker, container: &str) -> bool {
         .and_then(|i| i.state)
         .and_then(|s| s.running)
         .unwrap_or(false)
+}
+
+/// `logs` on a cluster: the output of a running pod of the release serving `branch`, read
+/// through the API (the git server may read pods and logs in tenant namespaces only); `-f`
+/// follows the branch's next release after a redeploy.
+async fn pod_logs(
+    store: &AnyStore,
+    webspace: &Webspace,
+    branch: &str,
+    mut release: String,
+    lines: u32,
+    follow: bool,
+) -> Result<(), Refusal> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, LogParams};
+    let name = name_of(webspace);
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|_| Refusal::new("the cluster is unavailable; try again later", None))?;
+    let namespace = slipway_operator::kubernetes::objects::namespace_name(&webspace.spec.customer);
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, &namespace);
+    let mut tail = Some(i64::from(lines));
+    loop {
+        let selector = format!(
+            "{}={name},{}={release}",
+            slipway_operator::kubernetes::objects::WEBSPACE_LABEL,
+            slipway_operator::kubernetes::objects::RELEASE_LABEL
+        );
+        let listed = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    "the server cannot read the app's pods; try again later",
+                    None,
+                )
+            })?;
+        let running = listed
+            .items
+            .iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        let Some(pod) = running.and_then(|p| p.metadata.name.clone()) else {
+            return Err(Refusal::new(
+                format!("no pod of `{branch}` runs right now"),
+                Some(&format!("`ssh git@HOST info {name}` shows its state")),
+            ));
+        };
+        let params = LogParams {
+            container: Some("app".into()),
+            follow,
+            tail_lines: tail,
+            ..Default::default()
+        };
+        let stream = pods.log_stream(&pod, &params).await.map_err(|_| {
+            Refusal::new(
+                "the server cannot read the app's log; try again later",
+                None,
+            )
+        })?;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = futures_util::AsyncBufReadExt::fill_buf(&mut stream)
+            .await
+            .ok()
+            .filter(|c| !c.is_empty())
+            .map(<[u8]>::to_vec)
+        {
+            let length = chunk.len();
+            futures_util::AsyncBufReadExt::consume_unpin(&mut stream, length);
+            let mut out = std::io::stdout().lock();
+            if out.write_all(&chunk).is_err() || out.flush().is_err() {
+                return Ok(());
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + FOLLOW_GAP;
+        let next = loop {
+            match serving(store, name, branch).await? {
+                Some(next) if next != release => break Some(next),
+                _ if tokio::time::Instant::now() >= deadline => break None,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            }
+        };
+        let Some(next) = next else {
+            eprintln!("slipway: `{branch}` of `{name}` no longer serves; stopped following");
+            return Ok(());
+        };
+        eprintln!("slipway: `{branch}` is now served by `{next}`; following it");
+        release = next;
+        tail = None;
+    }
 }

@@ -206,7 +206,7 @@ fn app_files(body: &str) -> Vec<(&'static str, String)> {
         (
             "Dockerfile",
             format!(
-                "FROM {BASE_IMAGE}\nCOPY index.html /www/index.html\nCMD [\"sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n"
+                "FROM {BASE_IMAGE}\nCOPY index.html /www/index.html\nCMD [\"sh\", \"-c\", \"echo serving $(cat /www/index.html); exec httpd -f -p $PORT -h /www\"]\n"
             ),
         ),
         ("index.html", format!("{body}\n")),
@@ -461,6 +461,23 @@ fn the_kubernetes_journey_on_a_real_cluster() {
     assert!(
         pod_spec.contains("NET_RAW") && pod_spec.contains("RuntimeDefault"),
         "{pod_spec}"
+    );
+
+    step("the owner reads the app's output over SSH, as on one host");
+    let read = client.ssh(&server, &[], Some(&format!("logs {name} -n 20")));
+    assert!(
+        read.status.success()
+            && String::from_utf8_lossy(&read.stdout).contains("serving version one"),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&read.stdout),
+        stderr(&read),
+        logs()
+    );
+    let releases = client.ssh(&server, &[], Some(&format!("releases {name}")));
+    assert!(
+        String::from_utf8_lossy(&releases.stdout).contains("v1"),
+        "{}",
+        stderr(&releases)
     );
 
     step("a second push rolls out with zero failed requests to the Service");

@@ -20,6 +20,7 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
     NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
 };
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -98,6 +99,9 @@ pub struct Settings {
     pub progress_deadline: i32,
     /// Namespace of the ingress controller, allowed through the tenant NetworkPolicy.
     pub ingress_namespace: String,
+    /// The git server's ServiceAccount (namespace, name): each tenant namespace binds it
+    /// [`LOGS_ROLE`], so an owner's `ssh ... logs` reads the pods there, and nowhere else.
+    pub git_server_account: (String, String),
     /// Per-customer quota.
     pub quota: Quota,
     /// CPU and memory requested by each app container.
@@ -119,6 +123,7 @@ impl Default for Settings {
             health_path: "/".into(),
             progress_deadline: 120,
             ingress_namespace: "ingress-nginx".into(),
+            git_server_account: ("slipway-system".into(), "slipway-git-server".into()),
             quota: Quota::default(),
             requests: ("50m".into(), "64Mi".into()),
             limits: ("500m".into(), "512Mi".into()),
@@ -261,6 +266,34 @@ pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The ClusterRole (in `deploy/rbac.yaml`) a tenant namespace binds to the git server: read its
+/// pods and their logs.
+pub const LOGS_ROLE: &str = "slipway-tenant-logs";
+
+/// Lets the git server read the pods and logs of this tenant namespace only ([`LOGS_ROLE`]).
+pub fn logs_binding(namespace: &str, settings: &Settings) -> RoleBinding {
+    let (account_namespace, account) = &settings.git_server_account;
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(LOGS_ROLE.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(&[])),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: LOGS_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: account.clone(),
+            namespace: Some(account_namespace.clone()),
+            ..Default::default()
+        }]),
     }
 }
 

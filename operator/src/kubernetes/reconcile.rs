@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{Deployment as KubeDeployment, DeploymentCondition};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -514,6 +515,11 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
             apply(
                 &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
                 &objects::network_policy(&namespace, settings),
+            )
+            .await?;
+            apply(
+                &Api::<RoleBinding>::namespaced(client.clone(), &namespace),
+                &objects::logs_binding(&namespace, settings),
             )
             .await
         };

@@ -21,6 +21,8 @@ const NAMESPACE: &str = "/api/v1/namespaces/slipway-alice";
 const QUOTA: &str = "/api/v1/namespaces/slipway-alice/resourcequotas/slipway";
 const POLICY: &str =
     "/apis/networking.k8s.io/v1/namespaces/slipway-alice/networkpolicies/slipway-isolation";
+const LOGS_BINDING: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/slipway-alice/rolebindings/slipway-tenant-logs";
 const RELEASES: &str = "/apis/slipway.dev/v1alpha1/releases";
 const RUNTIMES: &str = "/apis/slipway.dev/v1alpha1/runtimes";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/slipway-alice/deployments";
@@ -157,6 +159,7 @@ fn preamble(
         (Method::PATCH, NAMESPACE.into(), Answer::Echo),
         (Method::PATCH, QUOTA.into(), Answer::Echo),
         (Method::PATCH, POLICY.into(), Answer::Echo),
+        (Method::PATCH, LOGS_BINDING.into(), Answer::Echo),
         (
             Method::GET,
             RELEASES.into(),
@@ -213,7 +216,7 @@ async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(5))
     );
-    let deployment = &bodies[8];
+    let deployment = &bodies[9];
     assert_eq!(
         deployment["metadata"]["name"], "r1",
         "one Deployment per release"
@@ -236,13 +239,13 @@ async fn first_deploy_applies_namespace_quota_policy_and_the_branch_objects() {
         bodies[1]["metadata"]["ownerReferences"][0]["kind"],
         "Customer"
     );
-    let service = &bodies[9];
+    let service = &bodies[10];
     assert_eq!(service["spec"]["ports"][0]["protocol"], "TCP");
     assert_eq!(
         service["spec"]["selector"]["slipway.dev/release"], "r1",
         "nothing served before: the Service selects the new release at once"
     );
-    let status = &bodies[11];
+    let status = &bodies[12];
     assert_eq!(status["kind"], "Webspace", "status by server-side apply");
     assert_eq!(status["status"]["phase"], "Progressing");
     assert_eq!(condition(status, "Built")["status"], "True");
@@ -268,22 +271,22 @@ async fn a_staged_release_starts_one_pod_without_traffic() {
         Action::requeue(Duration::from_secs(5)),
         "watched until its verdict"
     );
-    assert_eq!(bodies[8]["status"]["phase"], "Staged");
+    assert_eq!(bodies[9]["status"]["phase"], "Staged");
     assert!(
-        bodies[8]["status"]["reason"]
+        bodies[9]["status"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("no answer yet on port 8080")),
         "what the push waits for: {}",
-        bodies[8]
+        bodies[9]
     );
-    let staged = &bodies[9];
+    let staged = &bodies[10];
     assert_eq!(staged["spec"]["replicas"], 1);
     assert_eq!(
         staged["spec"]["selector"]["matchLabels"]["slipway.dev/release"],
         "r3"
     );
     assert_eq!(
-        bodies[11]["spec"]["selector"]["slipway.dev/release"], "r1",
+        bodies[12]["spec"]["selector"]["slipway.dev/release"], "r1",
         "the Service stays on the live release"
     );
 }
@@ -311,7 +314,7 @@ async fn a_staged_release_whose_pod_is_ready_is_verified_and_kept() {
         Action::requeue(Duration::from_secs(300))
     );
     assert_eq!(
-        bodies[8],
+        bodies[9],
         json!({"status": {"phase": "Verified", "reason": "answers `/` (its readiness probe passed)"}})
     );
 }
@@ -346,23 +349,23 @@ async fn a_new_release_goes_live_when_its_rollout_completes() {
         "back when the previous release's grace is over"
     );
     assert_eq!(
-        bodies[9]["spec"]["selector"]["slipway.dev/release"], "r2",
+        bodies[10]["spec"]["selector"]["slipway.dev/release"], "r2",
         "blue/green: the Service switches to the ready release"
     );
     assert!(
-        bodies[11]["metadata"]["annotations"]["slipway.dev/unrouted-at"].is_string(),
+        bodies[12]["metadata"]["annotations"]["slipway.dev/unrouted-at"].is_string(),
         "{}",
-        bodies[11]
-    );
-    assert_eq!(
-        bodies[12],
-        json!({"status": {"phase": "Superseded", "url": null, "reason": null}})
+        bodies[12]
     );
     assert_eq!(
         bodies[13],
+        json!({"status": {"phase": "Superseded", "url": null, "reason": null}})
+    );
+    assert_eq!(
+        bodies[14],
         json!({"status": {"phase": "Live", "url": "http://blog.apps.example.com", "reason": null}})
     );
-    let status = &bodies[14];
+    let status = &bodies[15];
     assert_eq!(status["status"]["phase"], "Ready");
     assert_eq!(status["status"]["url"], "http://blog.apps.example.com");
     assert_eq!(status["status"]["branches"][0]["readyReplicas"], 1);
@@ -393,7 +396,7 @@ async fn a_promoted_release_takes_traffic_only_once_ready() {
         Action::requeue(Duration::from_secs(5))
     );
     assert_eq!(
-        bodies[10]["spec"]["selector"]["slipway.dev/release"], "r1",
+        bodies[11]["spec"]["selector"]["slipway.dev/release"], "r1",
         "the Service stays on the serving release, whose Deployment stays"
     );
 }
@@ -463,22 +466,22 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_the_previous_one_keep
     script.push((Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))));
     let (result, bodies) = play(blog(), script).await;
     result.expect("reconciled");
-    assert_eq!(bodies[9]["status"]["phase"], "Failed");
+    assert_eq!(bodies[10]["status"]["phase"], "Failed");
     assert!(
-        bodies[9]["status"]["reason"]
+        bodies[10]["status"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("progress deadline")),
         "{}",
-        bodies[9]
+        bodies[10]
     );
-    assert_eq!(bodies[10]["reason"], "ReleaseFailed");
-    assert_eq!(bodies[10]["type"], "Warning");
-    assert_eq!(bodies[10]["involvedObject"]["kind"], "Webspace");
+    assert_eq!(bodies[11]["reason"], "ReleaseFailed");
+    assert_eq!(bodies[11]["type"], "Warning");
+    assert_eq!(bodies[11]["involvedObject"]["kind"], "Webspace");
     assert!(
-        bodies[10].get("eventTime").is_none(),
+        bodies[11].get("eventTime").is_none(),
         "1.20 refuses new-style events about cluster-scoped objects outside kube-system"
     );
-    let restored = &bodies[12];
+    let restored = &bodies[13];
     assert_eq!(
         restored["metadata"]["annotations"]["slipway.dev/release"],
         "r1"
@@ -489,8 +492,8 @@ async fn a_rollout_past_its_deadline_fails_its_release_and_the_previous_one_keep
         json!(settings().node_image(&releases[0].spec.image)),
         "the previous release is wanted again"
     );
-    assert_eq!(bodies[13]["spec"]["selector"]["slipway.dev/release"], "r1");
-    let released = condition(&bodies[16], "Released");
+    assert_eq!(bodies[14]["spec"]["selector"]["slipway.dev/release"], "r1");
+    let released = condition(&bodies[17], "Released");
     assert_eq!(released["reason"], "RolloutFailed");
 }
 
@@ -546,8 +549,8 @@ async fn an_api_error_is_reported_requeues_with_backoff_and_other_branches_and_w
         .expect_err("the apply failed");
     assert_eq!(error.to_string(), "cannot apply Deployment r2");
     let bodies = server.finish().await;
-    assert_eq!(bodies[12]["reason"], "ReconcileError");
-    let ready = condition(&bodies[13], "Ready");
+    assert_eq!(bodies[13]["reason"], "ReconcileError");
+    let ready = condition(&bodies[14], "Ready");
     assert_eq!(ready["reason"], "ReconcileError");
     assert!(
         ready["message"]
