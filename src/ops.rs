@@ -888,16 +888,8 @@ async fn logs(
         }
         // The container stopped: a redeploy replaces it, the engine restarts it after a crash,
         // or the branch is gone.
-        let deadline = tokio::time::Instant::now() + FOLLOW_GAP;
-        let next = loop {
-            match serving(store, name, branch).await? {
-                Some(next) if next != release => break Some(next),
-                _ if running(&docker, &container).await => break Some(release.clone()),
-                _ if tokio::time::Instant::now() >= deadline => break None,
-                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-            }
-        };
-        let Some(next) = next else {
+        let restarted = async || running(&docker, &container).await;
+        let Some(next) = next_to_follow(store, name, branch, &release, restarted).await? else {
             eprintln!("slipway: `{branch}` of `{name}` no longer serves; stopped following");
             return Ok(());
         };
@@ -1003,20 +995,34 @@ async fn pod_logs(
         if !follow {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + FOLLOW_GAP;
-        let next = loop {
-            match serving(store, name, branch).await? {
-                Some(next) if next != release => break Some(next),
-                _ if tokio::time::Instant::now() >= deadline => break None,
-                _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
-            }
-        };
-        let Some(next) = next else {
+        let Some(next) = next_to_follow(store, name, branch, &release, async || false).await?
+        else {
             eprintln!("slipway: `{branch}` of `{name}` no longer serves; stopped following");
             return Ok(());
         };
         eprintln!("slipway: `{branch}` is now served by `{next}`; following it");
         release = next;
         tail = None;
+    }
+}
+
+/// What `logs -f` follows once the output of `release` ended: the branch's next release, or
+/// `release` again when `restarted` says its app came back; `None` when neither happens within
+/// [`FOLLOW_GAP`] (the branch was deleted, say).
+async fn next_to_follow(
+    store: &AnyStore,
+    webspace: &str,
+    branch: &str,
+    release: &str,
+    restarted: impl AsyncFn() -> bool,
+) -> Result<Option<String>, Refusal> {
+    let deadline = tokio::time::Instant::now() + FOLLOW_GAP;
+    loop {
+        match serving(store, webspace, branch).await? {
+            Some(next) if next != release => return Ok(Some(next)),
+            _ if restarted().await => return Ok(Some(release.to_owned())),
+            _ if tokio::time::Instant::now() >= deadline => return Ok(None),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
     }
 }
