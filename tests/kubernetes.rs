@@ -552,14 +552,20 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         stderr(&back),
         logs()
     );
-    eventually("version one served again", Duration::from_secs(30), &logs, || {
-        get(&main_address).as_deref() == Some("version one")
-    });
+    eventually(
+        "version one served again",
+        Duration::from_secs(30),
+        &logs,
+        || get(&main_address).as_deref() == Some("version one"),
+    );
     let forth = client.ssh(&server, &[], Some(&format!("rollback {name} main v2")));
     assert!(forth.status.success(), "{}\n{}", stderr(&forth), logs());
-    eventually("version two served again", Duration::from_secs(30), &logs, || {
-        get(&main_address).as_deref() == Some("version two")
-    });
+    eventually(
+        "version two served again",
+        Duration::from_secs(30),
+        &logs,
+        || get(&main_address).as_deref() == Some("version two"),
+    );
 
     step("a later Customer lists the owner's key: its status names the holder, the owner pushes");
     let thief = format!("k8s-thief-{run}");

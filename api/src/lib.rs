@@ -8,6 +8,7 @@ pub mod crds;
 pub mod env;
 pub mod keys;
 pub mod names;
+pub mod releases;
 pub mod resources;
 
 pub use resources::{
