@@ -1589,3 +1589,71 @@ fn administrators_have_the_same_commands_on_the_data_directory() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("webspace `nosuchapp` does not exist"));
 }
+
+#[test]
+fn a_changed_port_or_env_goes_through_the_health_gate_and_a_failing_one_leaves_the_old_release_serving()
+ {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    configurable_app(&host, &app, "one");
+    assert_ok(&host.push(&app, &["main"]));
+    let releases = || -> Vec<serde_json::Value> {
+        let listed = host.alice.ssh(
+            host.server(),
+            &[],
+            Some(&format!("releases {} --json", host.name)),
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&listed.stdout).unwrap_or_default()
+    };
+    let with = |cause: &str, phase: &str| {
+        releases()
+            .iter()
+            .filter(|r| r["cause"] == cause && r["status"]["phase"] == phase)
+            .count()
+    };
+    let webspace = |extra: &str| {
+        format!(
+            "apiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {}\nspec:\n  customer: alice\n{extra}",
+            host.name
+        )
+    };
+
+    // A new port: the app follows $PORT; requests never fail while the new release is checked.
+    apply_ok(&host.scratch.data(), &webspace("  port: 3000\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while with("webspace changed: port 8080 → 3000", "Live") == 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", releases());
+        assert_eq!(host.get(&host.name), (200, "plain one\n".to_owned()));
+    }
+    assert_eq!(host.get(&host.name), (200, "plain one\n".to_owned()));
+
+    // An env that keeps the app from starting: failed, the old release serves, and it is not
+    // tried again and again.
+    apply_ok(
+        &host.scratch.data(),
+        &webspace("  port: 3000\n  env:\n    CRASH: \"1\"\n"),
+    );
+    wait_for("the new settings to fail", Duration::from_secs(40), || {
+        with("webspace changed: env", "Failed") == 1
+    });
+    assert_eq!(host.get(&host.name), (200, "plain one\n".to_owned()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        with("webspace changed: env", "Failed"),
+        1,
+        "{:?}",
+        releases()
+    );
+    assert_eq!(host.get(&host.name), (200, "plain one\n".to_owned()));
+
+    // Settings that work again take over.
+    apply_ok(
+        &host.scratch.data(),
+        &webspace("  port: 3000\n  env:\n    GREETING: hi\n"),
+    );
+    wait_for(
+        "the fixed settings to serve",
+        Duration::from_secs(40),
+        || host.get(&host.name) == (200, "hi one\n".to_owned()),
+    );
+}

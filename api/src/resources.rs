@@ -323,6 +323,21 @@ pub struct ReleaseSpec {
     pub cause: Option<String>,
 }
 
+/// Annotation on a Release: a digest of the port and environment it was verified with (see
+/// the operator's `desired::runs_with`). When the Webspace's `port` or `env` changes, the
+/// serving release keeps running as verified, and a new release of the same image is verified
+/// with the new settings before it takes traffic.
+pub const RUNS_WITH_ANNOTATION: &str = "slipway.dev/runs-with";
+
+/// Annotation on a Release: the port it was verified on (routing keeps using it until a release
+/// verified with the Webspace's new port replaces it).
+pub const PORT_ANNOTATION: &str = "slipway.dev/port";
+
+/// Annotation on a Release the operator made because the Webspace's settings changed: the
+/// [`RUNS_WITH_ANNOTATION`] digest it is for. The operator promotes it itself once verified,
+/// and makes no second one for the same settings after it failed.
+pub const MADE_FOR_ANNOTATION: &str = "slipway.dev/made-for";
+
 /// Annotation on a Release: when the hook staged it, to the nanosecond (RFC 3339). Releases
 /// are ordered by it: `creationTimestamp` has whole seconds, and a fast push lands in the same
 /// second as the one before.

@@ -157,6 +157,26 @@ pub fn orphans(webspaces: &[Webspace], exists: impl Fn(&str) -> bool) -> BTreeMa
         .collect()
 }
 
+/// A digest of what a release runs with beyond its image: its port and environment (the
+/// Webspace's `spec.env` and `PORT`). A change of it is verified before it takes traffic.
+pub fn runs_with(deployment: &Deployment) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(deployment.port.to_string());
+    for (name, value) in &deployment.env {
+        hasher.update([0]);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Decides what should run. See the module's guarantees.
 pub fn desired(
     webspaces: &[Webspace],

@@ -27,6 +27,7 @@ use std::time::Duration;
 use bollard::Docker;
 use futures_util::StreamExt;
 use slipway_api::resources::{BranchStatus, ReleaseStatus, phase};
+use slipway_api::resources::{MADE_FOR_ANNOTATION, PORT_ANNOTATION, RUNS_WITH_ANNOTATION};
 use slipway_api::{Customer, Release, Runtime, Webspace};
 use slipway_store::{Store, StoreError};
 use tokio::sync::{Mutex, Notify};
@@ -447,7 +448,9 @@ async fn reconcile<S: Store>(
         .filter(|w| !orphans.contains_key(w.metadata.name.as_deref().unwrap_or_default()))
         .cloned()
         .collect();
-    let wanted: Vec<Deployment> = desired(&owned, &releases, &runtimes, &settings.hosts)
+    let wanted: Vec<Deployment> = desired(&owned, &releases, &runtimes, &settings.hosts);
+    let wanted = gate_changed_settings(store, &releases, wanted).await?;
+    let wanted: Vec<Deployment> = wanted
         .into_iter()
         .map(|d| with_config(settings, d))
         .collect();
@@ -586,6 +589,7 @@ async fn reconcile<S: Store>(
         let name = release.metadata.name.as_deref().unwrap_or_default();
         let now = k8s_openapi::jiff::Timestamp::now();
         let gone = release.phase() == phase::STAGED
+            && !made_by_operator(release)
             && settings
                 .data
                 .as_ref()
@@ -691,6 +695,101 @@ async fn reconcile<S: Store>(
     Ok(settled)
 }
 
+/// Whether the operator made `release` for changed settings (no push waits for it).
+fn made_by_operator(release: &Release) -> bool {
+    release
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MADE_FOR_ANNOTATION))
+}
+
+/// Keeps each serving release running as it was verified when its Webspace's `port` or `env`
+/// changed since (routing it on the port it was verified on), and stages a new release of the
+/// same image with the new settings, which the operator verifies and promotes itself; a failed
+/// one is not tried again for the same settings (its `Failed` status says why). A release
+/// verified before releases recorded their settings is pinned to the current ones.
+async fn gate_changed_settings<S: Store>(
+    store: &S,
+    releases: &[Release],
+    wanted: Vec<Deployment>,
+) -> Result<Vec<Deployment>, StoreError> {
+    let annotation = |release: &Release, key: &str| {
+        release
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    let mut gated = Vec::with_capacity(wanted.len());
+    for mut deployment in wanted {
+        let current = crate::desired::runs_with(&deployment);
+        let Some(release) = releases
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(deployment.release.as_str()))
+            .filter(|r| r.phase() == phase::LIVE)
+        else {
+            gated.push(deployment);
+            continue;
+        };
+        let Some(pinned) = annotation(release, RUNS_WITH_ANNOTATION) else {
+            if let Some(mut fresh) = store.get::<Release>(&deployment.release).await? {
+                let recorded = fresh
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                recorded.insert(RUNS_WITH_ANNOTATION.to_owned(), current);
+                recorded.insert(PORT_ANNOTATION.to_owned(), deployment.port.to_string());
+                store.put(&fresh).await?;
+            }
+            gated.push(deployment);
+            continue;
+        };
+        if pinned == current {
+            gated.push(deployment);
+            continue;
+        }
+        let verified_port = annotation(release, PORT_ANNOTATION).and_then(|p| p.parse().ok());
+        let old_port = verified_port.unwrap_or(deployment.port);
+        let mine: Vec<&Release> = releases
+            .iter()
+            .filter(|r| {
+                r.spec.webspace == deployment.webspace && r.spec.branch == deployment.branch
+            })
+            .collect();
+        let pending = mine.iter().any(|r| {
+            r.order() > release.order()
+                && matches!(r.phase(), phase::STAGED | phase::VERIFIED | phase::PROMOTED)
+        });
+        let tried = mine.iter().any(|r| {
+            r.order() > release.order()
+                && r.phase() == phase::FAILED
+                && annotation(r, MADE_FOR_ANNOTATION).as_deref() == Some(current.as_str())
+        });
+        if !pending && !tried {
+            let what = if old_port == deployment.port {
+                "env".to_owned()
+            } else {
+                format!("port {old_port} → {}", deployment.port)
+            };
+            let version = slipway_api::releases::next_version(releases, &deployment.webspace);
+            let cause = format!("webspace changed: {what}");
+            let mut made = slipway_api::releases::derived(release, version, &cause, "operator");
+            made.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(MADE_FOR_ANNOTATION.to_owned(), current);
+            tracing::info!(release = ?made.metadata.name, %cause, "settings changed; verifying a new release");
+            store.put(&made).await?;
+        }
+        // Until then, traffic goes where it was verified.
+        deployment.port = old_port;
+        gated.push(deployment);
+    }
+    Ok(gated)
+}
+
 /// `deployment` with its webspace's config ([`slipway_store::config`]) over `spec.env`; `PORT`
 /// stays Slipway's. A container takes the config it finds when it is made: a change of config
 /// makes a new release, so it reaches the app through the health gate.
@@ -773,10 +872,11 @@ async fn verify_at_once<S: Store>(
         return Ok(());
     };
     let started = state.lock().await.started;
-    let pushing = settings
-        .data
-        .as_ref()
-        .is_none_or(|data| slipway_store::pushes::running(data, name));
+    let pushing = made_by_operator(&release)
+        || settings
+            .data
+            .as_ref()
+            .is_none_or(|data| slipway_store::pushes::running(data, name));
     let fresh = release.phase() == phase::STAGED
         && pushing
         && crate::verify::abandoned(
@@ -849,10 +949,14 @@ async fn verify_one<S: Store>(
 ) -> Result<(), StoreError> {
     let name = release.metadata.name.clone().unwrap_or_default();
     let planned = webspace.as_ref().and_then(|webspace| {
-        crate::verify::deployment(webspace, runtimes, release, &settings.hosts)
-            .map(|(deployment, from)| (with_config(settings, deployment), from))
+        crate::verify::deployment(webspace, runtimes, release, &settings.hosts).map(
+            |(deployment, from)| {
+                let pin = crate::desired::runs_with(&deployment);
+                (with_config(settings, deployment), from, pin)
+            },
+        )
     });
-    let Some((deployment, from)) = planned else {
+    let Some((deployment, from, pin)) = planned else {
         settle(
             store,
             release,
@@ -895,13 +999,16 @@ async fn verify_one<S: Store>(
     match probe {
         Ok(status) => {
             state.lock().await.healthy.insert(name.clone());
-            if !settle(
-                store,
-                release,
-                crate::verify::verified(path, &format!("HTTP {status}")),
-            )
-            .await?
-            {
+            let mut verdict = crate::verify::verified(path, &format!("HTTP {status}"));
+            // A release the operator made for new settings has no push to promote it.
+            if made_by_operator(release) {
+                verdict.phase = Some(phase::PROMOTED.to_owned());
+            }
+            let pinned = [
+                (RUNS_WITH_ANNOTATION, pin),
+                (PORT_ANNOTATION, deployment.port.to_string()),
+            ];
+            if !settle_with(store, release, verdict, &pinned).await? {
                 // Withdrawn meanwhile: a pass removes its container.
                 state.lock().await.healthy.remove(&name);
             }
@@ -931,6 +1038,16 @@ async fn settle<S: Store>(
     release: &Release,
     status: ReleaseStatus,
 ) -> Result<bool, StoreError> {
+    settle_with(store, release, status, &[]).await
+}
+
+/// [`settle`], also recording `annotations` on the release.
+async fn settle_with<S: Store>(
+    store: &S,
+    release: &Release,
+    status: ReleaseStatus,
+    annotations: &[(&str, String)],
+) -> Result<bool, StoreError> {
     let name = release.metadata.name.as_deref().unwrap_or_default();
     let Some(mut current) = store.get::<Release>(name).await? else {
         return Ok(false);
@@ -939,6 +1056,13 @@ async fn settle<S: Store>(
         return Ok(false);
     }
     current.status = Some(status);
+    let recorded = current
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    for (key, value) in annotations {
+        recorded.insert((*key).to_owned(), value.clone());
+    }
     store.put(&current).await?;
     Ok(true)
 }
