@@ -4,6 +4,7 @@
 //! goes to the caller. Plain text for people, `--json` for scripts, `error:`/`hint:` lines and a
 //! non-zero exit on failure.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,7 +143,11 @@ impl Refusal {
 
 impl From<slipway_store::StoreError> for Refusal {
     fn from(error: slipway_store::StoreError) -> Self {
-        tracing::error!(error = %slipway_operator::chain(&error), "store");
+        // The detail is the server's (its log), not the caller's.
+        let log = std::env::var_os(env::DATA)
+            .map(|data| PathBuf::from(data).join("logs").join("ops.log"));
+        slipway_hook::report::Reporter::new(log)
+            .log(&format!("store: {}", slipway_operator::chain(&error)));
         Refusal::new(
             "the server cannot read its configuration; try again later",
             None,
@@ -309,7 +314,7 @@ async fn verb(args: &OpsArgs, verb: Verb) -> Result<(), Refusal> {
             json,
         } => {
             let webspace = owned(&store, &args.customer, &webspace).await?;
-            show_config(args, &webspace, reveal, json)
+            show_config(args, &webspace, reveal, json).await
         }
         Verb::ConfigSet { webspace, pairs } => {
             let webspace = owned(&store, &args.customer, &webspace).await?;
@@ -454,8 +459,13 @@ async fn redeploy(
     let branch = &base.spec.branch;
     let all = store.list::<Release>().await?;
     let version = slipway_hook::release::next_version(&all, webspace);
-    let release = slipway_hook::release::derived(base, version, cause, &args.pusher);
+    let mut release = slipway_hook::release::derived(base, version, cause, &args.pusher);
     let name = release.metadata.name.clone().unwrap_or_default();
+    let reporter =
+        slipway_hook::report::Reporter::new(Some(args.data.join("logs").join("ops.log")));
+    release.spec.config_keys =
+        slipway_hook::config_keys(args.store, &args.data, &args.customer, webspace, &reporter)
+            .await;
     // Held while the verdict is awaited: the operator fails a staged release whose maker died.
     let _marker = match args.store {
         Backend::Directory => Some(
@@ -465,8 +475,6 @@ async fn redeploy(
         Backend::Kube => None,
     };
     store.put(&release).await?;
-    let reporter =
-        slipway_hook::report::Reporter::new(Some(args.data.join("logs").join("ops.log")));
     reporter.say(&format!(
         "slipway: staged release v{version} (`{name}`) for `{branch}`: {cause}"
     ));
@@ -514,26 +522,105 @@ fn check_key(key: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Config exists on one host only for now.
-fn config_here(args: &OpsArgs) -> Result<(), Refusal> {
-    match args.store {
-        Backend::Directory => Ok(()),
-        Backend::Kube => Err(Refusal::new(
-            "config over SSH is not served on a cluster yet",
-            Some("`spec.env` of the Webspace holds non-secret values"),
-        )),
+/// Where a webspace's config lives: its file on one host, its Secret in the customer's
+/// namespace on a cluster (which the git server may keep, and nothing else there).
+enum ConfigPlace {
+    File(PathBuf, String),
+    Secret(Box<kube::Api<k8s_openapi::api::core::v1::Secret>>, String),
+}
+
+impl ConfigPlace {
+    async fn of(args: &OpsArgs, webspace: &Webspace) -> Result<Self, Refusal> {
+        let name = name_of(webspace).to_owned();
+        match args.store {
+            Backend::Directory => Ok(Self::File(args.data.clone(), name)),
+            Backend::Kube => {
+                let client = kube::Client::try_default().await.map_err(|_| {
+                    Refusal::new("the cluster is unavailable; try again later", None)
+                })?;
+                let namespace = slipway_api::names::namespace_name(&webspace.spec.customer);
+                Ok(Self::Secret(
+                    Box::new(kube::Api::namespaced(client, &namespace)),
+                    slipway_api::names::config_secret_name(&name),
+                ))
+            }
+        }
+    }
+
+    async fn read(&self) -> Result<BTreeMap<String, String>, Refusal> {
+        let unreadable =
+            || Refusal::new("the server cannot read the config; try again later", None);
+        match self {
+            Self::File(data, webspace) => {
+                slipway_store::config::read(data, webspace).map_err(|_| unreadable())
+            }
+            Self::Secret(secrets, name) => Ok(secrets
+                .get_opt(name)
+                .await
+                .map_err(|_| unreadable())?
+                .and_then(|s| s.data)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .collect()),
+        }
+    }
+
+    async fn write(&self, values: &BTreeMap<String, String>) -> Result<(), Refusal> {
+        let unwritable =
+            || Refusal::new("the server cannot write the config; try again later", None);
+        match self {
+            Self::File(data, webspace) => {
+                slipway_store::config::write(data, webspace, values).map_err(|_| unwritable())
+            }
+            Self::Secret(secrets, name) => {
+                let data: BTreeMap<String, k8s_openapi::ByteString> = values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
+                    .collect();
+                // Replaced whole: a key left out is removed.
+                match secrets.get_opt(name).await.map_err(|_| unwritable())? {
+                    Some(mut current) => {
+                        current.data = Some(data);
+                        current.string_data = None;
+                        secrets
+                            .replace(name, &kube::api::PostParams::default(), &current)
+                            .await
+                            .map_err(|_| unwritable())?;
+                    }
+                    None => {
+                        let secret = k8s_openapi::api::core::v1::Secret {
+                            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                                name: Some(name.clone()),
+                                labels: Some(BTreeMap::from([(
+                                    "app.kubernetes.io/managed-by".to_owned(),
+                                    "slipway".to_owned(),
+                                )])),
+                                ..Default::default()
+                            },
+                            type_: Some("Opaque".to_owned()),
+                            data: Some(data),
+                            ..Default::default()
+                        };
+                        secrets
+                            .create(&kube::api::PostParams::default(), &secret)
+                            .await
+                            .map_err(|_| unwritable())?;
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 }
 
-fn show_config(
+async fn show_config(
     args: &OpsArgs,
     webspace: &Webspace,
     reveal: bool,
     json: bool,
 ) -> Result<(), Refusal> {
-    config_here(args)?;
-    let values = slipway_store::config::read(&args.data, name_of(webspace))
-        .map_err(|_| Refusal::new("the server cannot read the config; try again later", None))?;
+    let values = ConfigPlace::of(args, webspace).await?.read().await?;
     let shown = |value: &String| {
         if reveal {
             value.clone()
@@ -569,10 +656,9 @@ async fn change_config(
     webspace: &Webspace,
     changes: Vec<(String, Option<String>)>,
 ) -> Result<(), Refusal> {
-    config_here(args)?;
     let name = name_of(webspace);
-    let unreadable = |_| Refusal::new("the server cannot read the config; try again later", None);
-    let before = slipway_store::config::read(&args.data, name).map_err(unreadable)?;
+    let place = ConfigPlace::of(args, webspace).await?;
+    let before = place.read().await?;
     let mut after = before.clone();
     let mut set = Vec::new();
     let mut unset = Vec::new();
@@ -593,8 +679,7 @@ async fn change_config(
         println!("config of `{name}` unchanged");
         return Ok(());
     }
-    let unwritable = |_| Refusal::new("the server cannot write the config; try again later", None);
-    slipway_store::config::write(&args.data, name, &after).map_err(unwritable)?;
+    place.write(&after).await?;
     let cause = match (set.is_empty(), unset.is_empty()) {
         (false, true) => format!("config: set {}", set.join(", ")),
         (true, false) => format!("config: unset {}", unset.join(", ")),
@@ -611,7 +696,7 @@ async fn change_config(
     }
     for release in &serving {
         if let Err(refusal) = redeploy(args, store, release, &cause).await {
-            slipway_store::config::write(&args.data, name, &before).map_err(unwritable)?;
+            place.write(&before).await?;
             return Err(Refusal::new(
                 format!("{}; the config was put back as it was", refusal.message),
                 Some("the app must start with the new values; `logs` shows why it did not"),

@@ -567,6 +567,55 @@ fn the_kubernetes_journey_on_a_real_cluster() {
         || get(&main_address).as_deref() == Some("version two"),
     );
 
+    step(
+        "config over SSH: a Secret in the customer's namespace that the pods read, nothing in clear",
+    );
+    let set = client.ssh(
+        &server,
+        &[],
+        Some(&format!(
+            "config:set {name} GREETING=hello API_TOKEN=s3cr3t-k8s"
+        )),
+    );
+    assert!(
+        set.status.success() && stderr(&set).contains("config: set GREETING, API_TOKEN"),
+        "{}\n{}",
+        stderr(&set),
+        logs()
+    );
+    let shown = client.ssh(&server, &[], Some(&format!("config {name}")));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("API_TOKEN=********"),
+        "{}",
+        stderr(&shown)
+    );
+    let live = cluster.jsonpath(&["webspace", &name], "{.status.branches[0].release}");
+    let pod = cluster.jsonpath(
+        &[
+            "pods",
+            "-n",
+            &namespace,
+            "-l",
+            &format!("slipway.dev/release={live}"),
+        ],
+        "{.items[0].metadata.name}",
+    );
+    let env = cluster.ok(&["exec", "-n", &namespace, &pod, "-c", "app", "--", "env"]);
+    assert!(
+        env.contains("API_TOKEN=s3cr3t-k8s") && env.contains("GREETING=hello"),
+        "{env}"
+    );
+    for what in [
+        vec!["releases", "-o", "yaml"],
+        vec!["webspaces", "-o", "yaml"],
+        vec!["deployments", "-n", &namespace, "-o", "yaml"],
+    ] {
+        let mut args = vec!["get"];
+        args.extend(what.iter().copied());
+        assert!(!cluster.ok(&args).contains("s3cr3t"), "{what:?}");
+    }
+    assert_eq!(get(&main_address).as_deref(), Some("version two"));
+
     step("a later Customer lists the owner's key: its status names the holder, the owner pushes");
     let thief = format!("k8s-thief-{run}");
     cleanup.names.lock().expect("names").push(thief.clone());

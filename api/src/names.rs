@@ -128,6 +128,34 @@ pub fn is_env_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Longest Kubernetes object name made here.
+const MAX_OBJECT_NAME: usize = 63;
+
+/// A DNS-1035 label made from `wanted`: kept when it fits and starts with a letter, else cut
+/// and given a hash of the whole, so two long names never collide.
+pub fn object_name(wanted: &str) -> String {
+    if wanted.len() <= MAX_OBJECT_NAME && wanted.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return wanted.to_owned();
+    }
+    let hash = format!("{:x}", sha2::Sha256::digest(wanted.as_bytes()));
+    let body = wanted.trim_start_matches(|c: char| !c.is_ascii_lowercase());
+    let cut = body
+        .get(..body.len().min(MAX_OBJECT_NAME - 2 - 9))
+        .unwrap_or(body)
+        .trim_end_matches('-');
+    format!("s-{cut}-{}", hash.get(..8).unwrap_or(&hash))
+}
+
+/// The namespace of a customer's apps.
+pub fn namespace_name(customer: &str) -> String {
+    object_name(&format!("slipway-{customer}"))
+}
+
+/// The Secret in the customer's namespace holding a webspace's config (`config:set`).
+pub fn config_secret_name(webspace: &str) -> String {
+    object_name(&format!("slipway-config-{webspace}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

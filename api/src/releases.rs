@@ -56,6 +56,7 @@ pub fn staged(
             port: None,
             version: None,
             cause: None,
+            config_keys: Vec::new(),
         },
     );
     release.metadata.annotations = Some(std::collections::BTreeMap::from([(

@@ -321,6 +321,10 @@ pub struct ReleaseSpec {
     /// `config: set TOKEN` (names only, never values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The names (never the values) of the webspace's config when it was staged: on a cluster
+    /// its pods take them from the webspace's config Secret, over `spec.env`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_keys: Vec<String>,
 }
 
 /// Annotation on a Release: a digest of the port and environment it was verified with (see

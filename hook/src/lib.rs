@@ -349,6 +349,14 @@ async fn stage_and_verify(
         .await
         .map_err(|e| reporter.failure("the server cannot read the releases", &e))?;
     let mut version = release::next_version(&existing, &config.webspace);
+    let config_keys = config_keys(
+        config.store,
+        &config.data,
+        &config.customer,
+        &config.webspace,
+        reporter,
+    )
+    .await;
     for branch in built {
         let reference = if alongside {
             branch.image.clone()
@@ -363,7 +371,16 @@ async fn stage_and_verify(
                 .map_err(|e| reporter.failure("the server cannot record the release", &e))?;
             markers.push(marker);
         }
-        stage(store, branch, &reference, version, config, reporter).await?;
+        stage(
+            store,
+            branch,
+            &reference,
+            version,
+            &config_keys,
+            config,
+            reporter,
+        )
+        .await?;
         version = version.saturating_add(1);
         recorded.push(name);
     }
@@ -534,6 +551,7 @@ async fn stage(
     built: &Built,
     image: &str,
     version: u32,
+    config_keys: &[String],
     config: &Config,
     reporter: &Reporter,
 ) -> Result<Release, ()> {
@@ -547,6 +565,7 @@ async fn stage(
     );
     release.spec.port = built.port;
     release.spec.version = Some(version);
+    release.spec.config_keys = config_keys.to_vec();
     let name = release.metadata.name.clone().unwrap_or_default();
     store
         .put(&release)
@@ -557,6 +576,46 @@ async fn stage(
         built.branch
     ));
     Ok(release)
+}
+
+/// The names of `webspace`'s config values (`config:set`), for the Release a push or an owner's
+/// command stages: on one host from its file, on a cluster from its Secret in the customer's
+/// namespace (which the git server may read). Unreadable config counts as none, said in the log.
+pub async fn config_keys(
+    store: Backend,
+    data: &std::path::Path,
+    customer: &str,
+    webspace: &str,
+    reporter: &Reporter,
+) -> Vec<String> {
+    let keys: Result<Vec<String>, String> = match store {
+        Backend::Directory => slipway_store::config::read(data, webspace)
+            .map(|values| values.into_keys().collect())
+            .map_err(|e| e.to_string()),
+        Backend::Kube => {
+            async {
+                use k8s_openapi::api::core::v1::Secret;
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let secrets: kube::Api<Secret> =
+                    kube::Api::namespaced(client, &slipway_api::names::namespace_name(customer));
+                let secret = secrets
+                    .get_opt(&slipway_api::names::config_secret_name(webspace))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(secret
+                    .and_then(|s| s.data)
+                    .map(|data| data.into_keys().collect())
+                    .unwrap_or_default())
+            }
+            .await
+        }
+    };
+    keys.unwrap_or_else(|error| {
+        reporter.log(&format!("cannot read the config of `{webspace}`: {error}"));
+        Vec::new()
+    })
 }
 
 /// Longest pre-receive waits for a verdict beyond the health check's own time: the operator

@@ -42,6 +42,8 @@ pub struct Deployment {
     pub hosts: Vec<String>,
     /// The largest request body it takes (`spec.maxRequestBody`); `None`: the router's default.
     pub max_body: Option<u64>,
+    /// Names of config values its release runs with (see `ReleaseSpec::config_keys`).
+    pub config_keys: Vec<String>,
 }
 
 /// Where a release's port comes from, for messages.
@@ -208,6 +210,7 @@ pub fn desired(
             env,
             hosts: hosts.for_branch(webspace, branch),
             max_body: webspace.spec.max_request_body_bytes(),
+            config_keys: release.spec.config_keys.clone(),
         })
     })
     .collect()
@@ -241,6 +244,7 @@ mod tests {
                 port: None,
                 version: None,
                 cause: None,
+                config_keys: Vec::new(),
             },
         );
         release.metadata.creation_timestamp =

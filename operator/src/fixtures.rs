@@ -14,5 +14,6 @@ pub fn release_spec() -> ReleaseSpec {
         port: None,
         version: None,
         cause: None,
+        config_keys: Vec::new(),
     }
 }

@@ -191,6 +191,7 @@ mod tests {
             env: Default::default(),
             hosts: vec!["blog.localhost".into()],
             max_body: None,
+            config_keys: Vec::new(),
         }
     }
 

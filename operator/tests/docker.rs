@@ -51,6 +51,7 @@ impl Fixture {
             ]),
             hosts: vec!["netns.localhost".to_owned()],
             max_body: None,
+            config_keys: Vec::new(),
         }
     }
 }

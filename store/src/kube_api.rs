@@ -437,6 +437,7 @@ mod tests {
                 port: None,
                 version: None,
                 cause: None,
+                config_keys: Vec::new(),
             },
         );
         release.status = Some(ReleaseStatus {

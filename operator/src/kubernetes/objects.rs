@@ -10,10 +10,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment as KubeDeployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, Lifecycle,
-    LifecycleHandler, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServicePort, ServiceSpec,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -156,27 +156,7 @@ impl Settings {
     }
 }
 
-const MAX_NAME: usize = 63;
-
-/// A DNS-1035 label made from `wanted`: kept when it fits and starts with a letter, else cut
-/// and given a hash of the whole, so two long names never collide.
-pub fn object_name(wanted: &str) -> String {
-    if wanted.len() <= MAX_NAME && wanted.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return wanted.to_owned();
-    }
-    let hash = format!("{:x}", Sha256::digest(wanted.as_bytes()));
-    let body = wanted.trim_start_matches(|c: char| !c.is_ascii_lowercase());
-    let cut = body
-        .get(..body.len().min(MAX_NAME - 2 - 9))
-        .unwrap_or(body)
-        .trim_end_matches('-');
-    format!("s-{cut}-{}", hash.get(..8).unwrap_or(&hash))
-}
-
-/// The namespace of a customer's apps.
-pub fn namespace_name(customer: &str) -> String {
-    object_name(&format!("slipway-{customer}"))
-}
+pub use slipway_api::names::{config_secret_name, namespace_name, object_name};
 
 /// The name of a branch's Deployment, Service and Ingress: `WEBSPACE-LABEL-HASH`, the hash
 /// over the pair. Webspace names and branch labels may both contain `-`, so without it
@@ -270,7 +250,8 @@ pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
 }
 
 /// The ClusterRole (in `deploy/rbac.yaml`) a tenant namespace binds to the git server: read its
-/// pods and their logs.
+/// pods and their logs, and keep its webspaces' config Secrets (an owner's `logs` and
+/// `config:set`).
 pub const LOGS_ROLE: &str = "slipway-tenant-logs";
 
 /// Lets the git server read the pods and logs of this tenant namespace only ([`LOGS_ROLE`]).
@@ -381,14 +362,36 @@ pub fn deployment(
     wanted: &Deployment,
     settings: &Settings,
 ) -> KubeDeployment {
+    // Config values come from the webspace's Secret, over `spec.env` (`PORT` stays Slipway's).
+    let secret = config_secret_name(&wanted.webspace);
+    let from_config = |name: &String| name != "PORT" && wanted.config_keys.contains(name);
     let env = wanted
         .env
         .iter()
+        .filter(|(name, _)| !from_config(name))
         .map(|(name, value)| EnvVar {
             name: name.clone(),
             value: Some(value.clone()),
             ..Default::default()
         })
+        .chain(
+            wanted
+                .config_keys
+                .iter()
+                .filter(|n| from_config(n))
+                .map(|name| EnvVar {
+                    name: name.clone(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: secret.clone(),
+                            key: name.clone(),
+                            optional: Some(true),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+        )
         .collect();
     let container = Container {
         name: "app".into(),
@@ -639,6 +642,7 @@ pub(crate) mod tests {
                 port: None,
                 version: None,
                 cause: None,
+                config_keys: Vec::new(),
             },
         );
         release.metadata.creation_timestamp = Some(
@@ -797,6 +801,7 @@ pub(crate) mod tests {
                 env: Default::default(),
                 hosts: vec![],
                 max_body: None,
+                config_keys: Vec::new(),
             })
         };
         assert_ne!(named("shop", "api-main"), named("shop-api", "main"));

@@ -64,6 +64,7 @@ fn branch(label: &str) -> crate::Deployment {
         env: Default::default(),
         hosts: vec![],
         max_body: None,
+        config_keys: Vec::new(),
     }
 }
 
