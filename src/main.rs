@@ -313,6 +313,9 @@ struct GetArgs {
     kind: String,
     /// Show only this one.
     name: Option<String>,
+    /// Only what belongs to this webspace (its releases).
+    #[arg(long)]
+    webspace: Option<String>,
     /// Output format instead of the table.
     #[arg(short, long)]
     output: Option<Output>,
@@ -889,7 +892,14 @@ async fn get(args: GetArgs) -> anyhow::Result<()> {
         Some(Output::Yaml) => Format::Yaml,
         Some(Output::Json) => Format::Json,
     };
-    let text = slipway_store::show(&store, kind(&args.kind)?, args.name.as_deref(), format).await?;
+    let text = slipway_store::show_of(
+        &store,
+        kind(&args.kind)?,
+        args.name.as_deref(),
+        args.webspace.as_deref(),
+        format,
+    )
+    .await?;
     write_out(&text);
     Ok(())
 }

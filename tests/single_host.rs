@@ -1588,6 +1588,18 @@ fn administrators_have_the_same_commands_on_the_data_directory() {
     let missing = slipway(&["logs", "nosuchapp"]);
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("webspace `nosuchapp` does not exist"));
+    // `get releases` lists one webspace's when asked.
+    let mine = slipway(&["get", "releases", "--webspace", &host.name]);
+    assert_ok(&mine);
+    assert_eq!(
+        String::from_utf8_lossy(&mine.stdout)
+            .lines()
+            .filter(|l| l.contains(&host.name))
+            .count(),
+        2
+    );
+    let other = slipway(&["get", "releases", "--webspace", "other"]);
+    assert!(!String::from_utf8_lossy(&other.stdout).contains(&host.name));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub use kube_api::{
     CLI_FIELD_MANAGER, FIELD_MANAGER, GIT_SERVER_FIELD_MANAGER, KubeStore, OPERATOR_FIELD_MANAGER,
     WatchHealth,
 };
-pub use table::{Format, ShowError, show};
+pub use table::{Format, ShowError, show, show_of};
 
 /// A resource kind the store can hold: one of Slipway's four CRD types.
 pub trait Kind:

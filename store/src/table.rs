@@ -47,17 +47,33 @@ pub async fn show<S: Store>(
     name: Option<&str>,
     format: Format,
 ) -> Result<String, ShowError> {
+    show_of(store, kind, name, None, format).await
+}
+
+/// [`show`], listing only what belongs to `webspace` (`spec.webspace`: its Releases) when
+/// given.
+///
+/// # Errors
+/// As [`show`].
+pub async fn show_of<S: Store>(
+    store: &S,
+    kind: TableKind,
+    name: Option<&str>,
+    webspace: Option<&str>,
+    format: Format,
+) -> Result<String, ShowError> {
     match kind {
-        TableKind::Customer => render::<S, Customer>(store, name, format).await,
-        TableKind::Webspace => render::<S, Webspace>(store, name, format).await,
-        TableKind::Runtime => render::<S, Runtime>(store, name, format).await,
-        TableKind::Release => render::<S, Release>(store, name, format).await,
+        TableKind::Customer => render::<S, Customer>(store, name, webspace, format).await,
+        TableKind::Webspace => render::<S, Webspace>(store, name, webspace, format).await,
+        TableKind::Runtime => render::<S, Runtime>(store, name, webspace, format).await,
+        TableKind::Release => render::<S, Release>(store, name, webspace, format).await,
     }
 }
 
 async fn render<S: Store, K: Kind + CustomResourceExt>(
     store: &S,
     name: Option<&str>,
+    webspace: Option<&str>,
     format: Format,
 ) -> Result<String, ShowError> {
     let items: Vec<K> = match name {
@@ -75,6 +91,7 @@ async fn render<S: Store, K: Kind + CustomResourceExt>(
     let values: Vec<Value> = items
         .iter()
         .map(|item| serde_json::to_value(item).unwrap_or(Value::Null))
+        .filter(|value| webspace.is_none_or(|w| value["spec"]["webspace"] == w))
         .collect();
     let document = match (name, values.as_slice()) {
         (Some(_), [one]) => one.clone(),
