@@ -380,7 +380,7 @@ async fn missing_customers<S: Store>(store: &S, webspaces: &[Webspace]) -> HashS
 
 /// Records on each Webspace what serves: a URL and release per branch, and a phase (`Ready`
 /// when every wanted branch serves, `Pending` before, `Degraded` when some do not); an orphan
-/// (see [`crate::desired::orphans`]) gets what the Kubernetes driver writes for it: no
+/// (see [`crate::desired::orphans`]) gets what the Kubernetes driver writes for it: its
 /// releases, no branches, and why as its error.
 async fn write_webspace_status<S: Store>(
     store: &S,
@@ -408,7 +408,7 @@ async fn write_webspace_status<S: Store>(
             .collect();
         let releases: Vec<&Release> = releases
             .iter()
-            .filter(|r| r.spec.webspace == name && error.is_none())
+            .filter(|r| r.spec.webspace == name)
             .collect();
         let status = crate::status::webspace_status(crate::status::Observed {
             webspace,

@@ -484,9 +484,12 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
     let customer_name = &webspace.spec.customer;
     let Some(customer) = context.customer(customer_name).await? else {
         let why = format!("customer `{customer_name}` does not exist");
+        // Its releases still say what was built ("nothing was pushed yet" would be wrong).
+        let releases = context.releases_of(&name).await?;
+        let releases: Vec<&Release> = releases.iter().collect();
         let status = webspace_status(Observed {
             webspace,
-            releases: &[],
+            releases: &releases,
             wanted: &[],
             branches: Vec::new(),
             error: Some(why.clone()),

@@ -510,8 +510,14 @@ async fn a_webspace_being_deleted_is_left_to_owner_references() {
 
 #[tokio::test]
 async fn a_missing_customer_is_reported_in_the_status() {
+    let releases = [release("r1", "blog", "main", "Live")];
     let script = vec![
         (Method::GET, CUSTOMER.to_owned(), Answer::NotFound),
+        (
+            Method::GET,
+            RELEASES.into(),
+            list("ReleaseList", releases.iter().map(json_of).collect()),
+        ),
         (Method::POST, EVENTS.into(), Answer::Echo),
         (Method::PATCH, STATUS.into(), Answer::Json(json_of(&blog()))),
     ];
@@ -520,8 +526,13 @@ async fn a_missing_customer_is_reported_in_the_status() {
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(60))
     );
-    assert_eq!(bodies[1]["reason"], "CustomerMissing");
-    let ready = condition(&bodies[2], "Ready");
+    assert_eq!(bodies[2]["reason"], "CustomerMissing");
+    assert_eq!(
+        condition(&bodies[3], "Built")["status"],
+        "True",
+        "what was pushed still counts"
+    );
+    let ready = condition(&bodies[3], "Ready");
     assert_eq!(ready["reason"], "ReconcileError");
     assert_eq!(ready["message"], "customer `alice` does not exist");
 }
