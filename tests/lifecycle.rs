@@ -19,36 +19,7 @@ use nix::unistd::Pid;
 const APP: &str =
     "FROM slipway-test/busybox:latest\nCOPY . /www\nCMD exec httpd -f -p \"$PORT\" -h /www\n";
 
-/// `slipway up` with alice's webspace `<what>-<pid>`; removes its containers and images on drop.
-struct Host {
-    scratch: Scratch,
-    server: Option<Server>,
-    alice: Client,
-    name: String,
-}
-
 impl Host {
-    fn up(what: &str, args: &[&str]) -> Self {
-        let scratch = Scratch::new();
-        let key = keygen(&scratch, "alice");
-        let name = format!("{what}-{}", std::process::id());
-        apply_ok(
-            &scratch.data(),
-            &(customer_yaml("alice", &[&key]) + &webspace_yaml(&name, "alice")),
-        );
-        let server = Server::up(&scratch.data(), args);
-        Self {
-            scratch,
-            server: Some(server),
-            alice: Client::new(&key),
-            name,
-        }
-    }
-
-    fn server(&self) -> &Server {
-        self.server.as_ref().expect("server runs")
-    }
-
     /// A work tree `app` with `files` committed on `main`.
     fn app(&self, files: &[(&str, &str)]) -> PathBuf {
         let app = self.scratch.path("app");
@@ -70,23 +41,6 @@ impl Host {
             .spawn()
             .expect("git push");
         (push, log)
-    }
-
-    fn repository(&self) -> PathBuf {
-        self.scratch
-            .data()
-            .join("repos")
-            .join(format!("{}.git", self.name))
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        remove_containers_and_images(
-            &format!("label=dev.slipway.webspace={}", self.name),
-            &format!("slipway/{}", self.name),
-        );
     }
 }
 

@@ -14,14 +14,7 @@ use common::*;
 const APP: &str =
     "FROM slipway-test/busybox:latest\nCOPY . /www\nCMD exec httpd -f -p \"$PORT\" -h /www\n";
 
-/// `slipway up` with alice's webspace `web-<pid>`; removes its containers and images on drop.
-struct Host {
-    scratch: Scratch,
-    server: Option<Server>,
-    alice: Client,
-    name: String,
-}
-
+/// The single-host tests' ways with a [`Host`]: webspaces `web-<pid>`.
 impl Host {
     fn new() -> Self {
         Self::with(&["--drain", "1"])
@@ -29,24 +22,7 @@ impl Host {
 
     /// With `slipway up ARGS` as its server.
     fn with(args: &[&str]) -> Self {
-        let scratch = Scratch::new();
-        let key = keygen(&scratch, "alice");
-        let name = format!("web-{}", std::process::id());
-        apply_ok(
-            &scratch.data(),
-            &(customer_yaml("alice", &[&key]) + &webspace_yaml(&name, "alice")),
-        );
-        let server = Server::up(&scratch.data(), args);
-        Self {
-            scratch,
-            server: Some(server),
-            alice: Client::new(&key),
-            name,
-        }
-    }
-
-    fn server(&self) -> &Server {
-        self.server.as_ref().expect("server runs")
+        Self::up("web", args)
     }
 
     fn push(&self, app: &std::path::Path, refspecs: &[&str]) -> std::process::Output {
@@ -77,16 +53,6 @@ impl Host {
 
     fn containers(&self) -> Vec<String> {
         containers(&format!("label=dev.slipway.webspace={}", self.name))
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        remove_containers_and_images(
-            &format!("label=dev.slipway.webspace={}", self.name),
-            &format!("slipway/{}", self.name),
-        );
     }
 }
 

@@ -22,3 +22,15 @@ pub const GROUP: &str = "slipway.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in YAML.
 pub const API_VERSION: &str = "slipway.dev/v1alpha1";
+
+/// An error with all its causes, `outer: cause: root cause`, for one log line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -191,17 +191,7 @@ pub async fn sweep(data: PathBuf, locks: PushLocks) {
     }
 }
 
-/// `error` and its causes, for a log line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use slipway_api::error_chain as chain;
 
 fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> QuarantineError {
     let path = path.display().to_string();

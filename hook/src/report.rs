@@ -53,16 +53,7 @@ impl Reporter {
     }
 }
 
-/// An error with all its causes: `outer: cause: root cause`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
+pub use slipway_api::error_chain as chain;
 
 /// Removes ANSI escape sequences (colours from build output) and other control characters
 /// except tab.

@@ -20,14 +20,4 @@ pub mod verify;
 pub use desired::{Deployment, desired};
 pub use hosts::{HostStyle, Hosts};
 
-/// An error with its causes, `a: b: c`, for one log line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use slipway_api::error_chain as chain;

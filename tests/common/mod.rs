@@ -568,3 +568,54 @@ pub fn remove_containers_and_images(filter: &str, image: &str) {
             .output();
     }
 }
+
+/// `slipway up` with alice's webspace `<prefix>-<pid>` (one per test process under nextest);
+/// removes the webspace's containers and images on drop.
+pub struct Host {
+    pub scratch: Scratch,
+    pub server: Option<Server>,
+    pub alice: Client,
+    pub name: String,
+}
+
+impl Host {
+    /// `slipway up ARGS` with alice's webspace `PREFIX-<pid>`.
+    pub fn up(prefix: &str, args: &[&str]) -> Self {
+        let scratch = Scratch::new();
+        let key = keygen(&scratch, "alice");
+        let name = format!("{prefix}-{}", std::process::id());
+        apply_ok(
+            &scratch.data(),
+            &(customer_yaml("alice", &[&key]) + &webspace_yaml(&name, "alice")),
+        );
+        let server = Server::up(&scratch.data(), args);
+        Self {
+            scratch,
+            server: Some(server),
+            alice: Client::new(&key),
+            name,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server runs")
+    }
+
+    /// The webspace's bare repository.
+    pub fn repository(&self) -> PathBuf {
+        self.scratch
+            .data()
+            .join("repos")
+            .join(format!("{}.git", self.name))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        remove_containers_and_images(
+            &format!("label=dev.slipway.webspace={}", self.name),
+            &format!("slipway/{}", self.name),
+        );
+    }
+}
