@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const APP: &str =
@@ -138,9 +138,7 @@ fn a_client_that_goes_away_during_the_build_leaves_no_quarantined_objects() {
     );
 
     // The laptop lid closes: git and its ssh die at once.
-    let group = Pid::from_raw(i32::try_from(push.id()).expect("pid"));
-    killpg(group, Signal::SIGKILL).expect("kill the client");
-    let _ = push.wait();
+    kill_client(&mut push);
 
     wait_for(
         "the abandoned push's quarantine to be removed",

@@ -308,9 +308,7 @@ fn killing_the_client_mid_push_leaves_no_process_and_a_sound_repository() {
         Duration::from_secs(20),
         || !processes_in(&repository).is_empty(),
     );
-    let group = nix::unistd::Pid::from_raw(i32::try_from(push.id()).expect("pid"));
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).expect("kill client");
-    let _ = push.wait();
+    kill_client(&mut push);
 
     wait_for(
         "no git process left for the repository",

@@ -141,11 +141,16 @@ pub async fn run<S: Store>(
             () = shutdown.cancelled() => return,
             change = changes.recv() => {
                 // A push waits for this one: its verification starts before the pass.
+                let verifier = Verifier {
+                    store: &store,
+                    docker: &docker,
+                    settings: &settings,
+                    state: &state,
+                    engine: &engine,
+                };
                 if let Ok(change) = change
                     && change.plural == "releases"
-                    && let Err(error) =
-                        verify_at_once(&store, &docker, &settings, &state, &engine, &change.name)
-                            .await
+                    && let Err(error) = verify_at_once(&verifier, &change.name).await
                 {
                     tracing::warn!(%error, "cannot read a staged release");
                 }
@@ -585,23 +590,16 @@ async fn reconcile<S: Store>(
     // Staged releases are verified beside the passes; those left by a push that died (its
     // client left, or the server stopped during it) fail, so their containers go below.
     let started = state.lock().await.started;
+    let verifier = Verifier {
+        store,
+        docker,
+        settings,
+        state,
+        engine,
+    };
     for release in &releases {
         let name = release.metadata.name.as_deref().unwrap_or_default();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let gone = release.phase() == phase::STAGED
-            && !made_by_operator(release)
-            && settings
-                .data
-                .as_ref()
-                .is_some_and(|data| !slipway_store::pushes::running(data, name));
-        let reason = crate::verify::abandoned(
-            release,
-            Some(started),
-            now,
-            crate::verify::SINGLE_HOST_LIMITS,
-        )
-        .or_else(|| gone.then(|| crate::verify::PUSH_GONE.to_owned()));
-        if let Some(reason) = reason {
+        if let Some(reason) = abandoned(settings, started, release) {
             // As it is now: a push of the same commit since may have staged it anew.
             let Some(current) = store.get::<Release>(name).await? else {
                 continue;
@@ -636,13 +634,6 @@ async fn reconcile<S: Store>(
                 .iter()
                 .find(|w| w.metadata.name.as_deref() == Some(release.spec.webspace.as_str()))
                 .cloned();
-            let verifier = Verifier {
-                store,
-                docker,
-                settings,
-                state,
-                engine,
-            };
             verifier
                 .start(release.clone(), webspace, runtimes.clone())
                 .await;
@@ -857,36 +848,45 @@ impl<S: Store> Verifier<'_, S> {
     }
 }
 
+/// Why `release`, staged or verified, can no longer be promoted on this host, if it cannot: it
+/// is too old or older than this operator ([`crate::verify::abandoned`]), or it is staged and
+/// its push is gone (the push's marker is free; a release the operator made has no push).
+fn abandoned(
+    settings: &Settings,
+    started: k8s_openapi::jiff::Timestamp,
+    release: &Release,
+) -> Option<String> {
+    let name = release.metadata.name.as_deref().unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let gone = release.phase() == phase::STAGED
+        && !made_by_operator(release)
+        && settings
+            .data
+            .as_ref()
+            .is_some_and(|data| !slipway_store::pushes::running(data, name));
+    crate::verify::abandoned(
+        release,
+        Some(started),
+        now,
+        crate::verify::SINGLE_HOST_LIMITS,
+    )
+    .or_else(|| gone.then(|| crate::verify::PUSH_GONE.to_owned()))
+}
+
 /// Starts verifying Release `name` at once if it is a fresh staged release of a webspace whose
 /// customer exists; anything else (an abandoned or orphaned release) waits for the pass, which
 /// decides it as usual.
 async fn verify_at_once<S: Store>(
-    store: &S,
-    docker: &Docker,
-    settings: &Settings,
-    state: &Arc<Mutex<State>>,
-    engine: &Arc<Notify>,
+    verifier: &Verifier<'_, S>,
     name: &str,
 ) -> Result<(), StoreError> {
+    let store = verifier.store;
     let Some(release) = store.get::<Release>(name).await? else {
         return Ok(());
     };
-    let started = state.lock().await.started;
-    let pushing = made_by_operator(&release)
-        || settings
-            .data
-            .as_ref()
-            .is_none_or(|data| slipway_store::pushes::running(data, name));
-    let fresh = release.phase() == phase::STAGED
-        && pushing
-        && crate::verify::abandoned(
-            &release,
-            Some(started),
-            k8s_openapi::jiff::Timestamp::now(),
-            crate::verify::SINGLE_HOST_LIMITS,
-        )
-        .is_none();
-    if !fresh {
+    let started = verifier.state.lock().await.started;
+    if release.phase() != phase::STAGED || abandoned(verifier.settings, started, &release).is_some()
+    {
         return Ok(());
     }
     let Some(webspace) = store.get::<Webspace>(&release.spec.webspace).await? else {
@@ -900,13 +900,6 @@ async fn verify_at_once<S: Store>(
         return Ok(());
     }
     let runtimes = store.list::<Runtime>().await?;
-    let verifier = Verifier {
-        store,
-        docker,
-        settings,
-        state,
-        engine,
-    };
     verifier.start(release, Some(webspace), runtimes).await;
     Ok(())
 }

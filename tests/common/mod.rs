@@ -619,3 +619,11 @@ impl Drop for Host {
         );
     }
 }
+
+/// Kills `client` (spawned in a process group of its own: git and its ssh) with SIGKILL, as a
+/// laptop lid closing would, and reaps it.
+pub fn kill_client(client: &mut Child) {
+    let group = nix::unistd::Pid::from_raw(i32::try_from(client.id()).expect("pid"));
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).expect("kill the client");
+    let _ = client.wait();
+}
