@@ -1,6 +1,7 @@
 //! `slipway`: a thin command-line front to the library crates.
 
 mod down;
+mod engine;
 mod hook;
 mod ops;
 mod probe;
@@ -47,6 +48,9 @@ enum Command {
     Delete(DeleteArgs),
     /// Print the CustomResourceDefinitions, or write them to a directory.
     Crds(CrdsArgs),
+    /// Run the build engine of an in-cluster install (the git server's sidecar): dockerd on a
+    /// unix socket only, its builds kept off the cluster's network.
+    BuildEngine(engine::EngineArgs),
     /// Run a git hook (invoked by the repositories' hook scripts, not by people).
     #[command(hide = true)]
     Hook(hook::HookArgs),
@@ -352,6 +356,15 @@ fn main() -> ExitCode {
         Command::Config(args) => return ops::admin("config", args),
         Command::ConfigSet(args) => return ops::admin("config:set", args),
         Command::ConfigUnset(args) => return ops::admin("config:unset", args),
+        Command::BuildEngine(args) => {
+            return match engine::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {}", slipway_api::error_chain(error.as_ref()));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         command => command,
     };
     tracing_subscriber::fmt()
@@ -399,7 +412,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         | Command::Restart(_)
         | Command::Config(_)
         | Command::ConfigSet(_)
-        | Command::ConfigUnset(_) => unreachable!("handled before the runtime starts"),
+        | Command::ConfigUnset(_)
+        | Command::BuildEngine(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -13,86 +13,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, eventually, get};
 use common::{Client, Scratch, Server, assert_ok, commit, keygen, stderr, work_tree};
 
-const DEFAULT_KUBECONFIG: &str = "/var/lib/slipway-cluster/admin.kubeconfig";
 const REGISTRY: &str = "127.0.0.1:5000";
 const BASE_IMAGE: &str = "127.0.0.1:5000/slipway-test/busybox:latest";
 const DOMAIN: &str = "apps.test";
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The cluster, as its admin sees it.
-struct Cluster {
-    admin: PathBuf,
-}
-
 impl Cluster {
-    fn new() -> Self {
-        let admin = std::env::var_os("SLIPWAY_TEST_KUBECONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBECONFIG));
-        assert!(
-            admin.exists(),
-            "no cluster: {} does not exist; start one with `scripts/cluster up` (scripts/test does)",
-            admin.display()
-        );
-        let cluster = Self { admin };
-        let nodes = cluster.kubectl(&["get", "nodes", "-o", "name"]);
-        assert!(
-            nodes.status.success(),
-            "the cluster does not answer ({}); `scripts/cluster status` says which part is down",
-            stderr(&nodes).trim()
-        );
-        cluster
-    }
-
-    fn kubectl_with(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.admin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        let mut stdin = child.stdin.take().expect("stdin");
-        if let Some(input) = input {
-            use std::io::Write;
-            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
-        }
-        drop(stdin);
-        child.wait_with_output().expect("kubectl")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_with(args, None)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.kubectl(args);
-        assert_ok(&output);
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn apply(&self, yaml: &str) {
-        assert_ok(&self.kubectl_with(&["apply", "-f", "-"], Some(yaml)));
-    }
-
-    /// `kubectl get ... -o jsonpath=...`, empty when it fails (not found).
-    fn jsonpath(&self, what: &[&str], path: &str) -> String {
-        let mut args = vec!["get"];
-        args.extend_from_slice(what);
-        let path = format!("jsonpath={path}");
-        args.extend_from_slice(&["-o", &path]);
-        let output = self.kubectl(&args);
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
     /// Merges `spec` (JSON) into Webspace `name`'s spec, as `kubectl patch` does.
     fn patch_spec(&self, name: &str, spec: &str) {
         let patch = format!(r#"{{"spec":{spec}}}"#);
@@ -175,25 +109,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-/// Polls `condition` every 250 ms for `limit`; on timeout panics with `what` and the logs.
-fn eventually(
-    what: &str,
-    limit: Duration,
-    logs: &dyn Fn() -> String,
-    mut condition: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {limit:?} waiting for {what}\n--- logs ---\n{}",
-                logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn resources(name: &str, key_line: &str) -> String {
     format!(
         "apiVersion: slipway.dev/v1alpha1\nkind: Customer\nmetadata:\n  name: {name}\nspec:\n  email: {name}@example.com\n  sshKeys:\n    - \"{key_line}\"\n---\napiVersion: slipway.dev/v1alpha1\nkind: Webspace\nmetadata:\n  name: {name}\nspec:\n  customer: {name}\n  port: 8080\n"
@@ -215,20 +130,6 @@ fn app_files(body: &str) -> Vec<(&'static str, String)> {
 
 fn as_refs<'a>(files: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     files.iter().map(|(n, c)| (*n, c.as_str())).collect()
-}
-
-/// GET http://ADDRESS/ (10 s at most): the body, or None.
-fn get(address: &str) -> Option<String> {
-    let output = Command::new("curl")
-        // Generous: under a loaded machine a slow answer is not a failed request.
-        .args(["-fsS", "--max-time", "10"])
-        .arg(format!("http://{address}/"))
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// The ClusterIP address of the Service serving `branch` of `webspace` (by its labels).

@@ -247,7 +247,7 @@ async fn build_all(
                     } else if steps::killed_in(&message, &tail) {
                         "a step went over its memory or process limit; an operator can raise them with `slipway up --build-step-memory`/`--build-step-pids`"
                     } else if egress::refused_in(&tail) {
-                        "builds reach the internet, not this server's network or private ranges; an operator can allow a range with `slipway up --build-allow-range CIDR`"
+                        "builds reach the internet, not this server's network or private ranges; an operator can allow a range with `slipway up --build-allow-range CIDR` (on a cluster: SLIPWAY_BUILD_ALLOW_RANGES in slipway-settings)"
                     } else if plan.dockerfile.is_some() {
                         // No Dockerfile to fix: the repository built from a Runtime's template.
                         runtime_hint = format!(
