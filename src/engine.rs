@@ -12,9 +12,11 @@
 //!   and subnet fixed here), so no `RUN` step ever runs without them: steps reach the internet and
 //!   the resolvers, never the cluster (API server, registry, other pods and Services), the node or
 //!   the metadata endpoint, unless a range is allowed with `--build-allow-range`;
-//! - then this process becomes `dockerd` (exec), so the kubelet's signals reach the engine itself.
+//! - then it starts `dockerd` and stays beside it: it gives every BuildKit step the limits of a
+//!   single host (`--build-step-memory`, `-pids`, `-cpus`, [`slipway_hook::steps`]; the engine
+//!   applies none to BuildKit's steps) and passes SIGTERM/SIGINT on to the engine, whose exit
+//!   status it returns.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,6 +49,8 @@ pub struct EngineArgs {
     /// repeatable.
     #[arg(long, env = "SLIPWAY_BUILD_ALLOW_RANGES", value_delimiter = ',')]
     build_allow_range: Vec<String>,
+    #[command(flatten)]
+    build_steps: crate::BuildStepArgs,
     /// Print the engine's command line instead of running it (the rules are not installed).
     #[arg(long)]
     dry_run: bool,
@@ -92,8 +96,9 @@ fn dockerd_args(args: &EngineArgs) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Installs the rules, then becomes `dockerd`; returns only on failure.
-pub fn run(args: EngineArgs) -> anyhow::Result<()> {
+/// Installs the rules, then runs `dockerd` and limits its build steps until it exits; its exit
+/// code.
+pub fn run(args: EngineArgs) -> anyhow::Result<u8> {
     let allowed = args
         .build_allow_range
         .iter()
@@ -103,7 +108,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     let dockerd = dockerd_args(&args)?;
     if args.dry_run {
         println!("dockerd {}", dockerd.join(" "));
-        return Ok(());
+        return Ok(0);
     }
     if let Some(dir) = args.socket.parent() {
         std::fs::create_dir_all(dir)
@@ -118,17 +123,72 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         "cannot install the build egress rules (iptables in the pod's network namespace); \
          the engine was not started",
     )?;
+    let limits = args.build_steps.limits();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env(slipway_api::env::LOG)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     eprintln!(
-        "slipway build-engine: builds reach the internet only (rules on {BRIDGE} {BRIDGE_SUBNET}{}); engine on unix://{}",
+        "slipway build-engine: builds reach the internet only (rules on {BRIDGE} {BRIDGE_SUBNET}{}); \
+         each build step gets {} MiB, {} processes, {} CPU(s); engine on unix://{}",
         if allowed.is_empty() {
             String::new()
         } else {
             format!(", and {}", allowed.join(", "))
         },
+        limits.memory >> 20,
+        limits.pids,
+        limits.cpus,
         args.socket.display()
     );
-    let error = Command::new("dockerd").args(&dockerd).exec();
-    Err(error).context("cannot run dockerd")
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(supervise(dockerd, limits))
+}
+
+async fn supervise(
+    dockerd: Vec<String>,
+    limits: slipway_hook::steps::StepLimits,
+) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut engine = tokio::process::Command::new("dockerd")
+        .args(&dockerd)
+        .spawn()
+        .context("cannot run dockerd")?;
+    let pid = engine
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(nix::unistd::Pid::from_raw)
+        .context("dockerd has no process id")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let steps = tokio::spawn(slipway_hook::steps::enforce(
+        PathBuf::from("/sys/fs/cgroup"),
+        limits,
+        stop.clone(),
+    ));
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let status = loop {
+        let forwarded = tokio::select! {
+            status = engine.wait() => break status.context("waiting for dockerd")?,
+            _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+            _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+        };
+        // dockerd stops its containers and exits; the kubelet's grace period bounds it.
+        let _ = nix::sys::signal::kill(pid, forwarded);
+    };
+    stop.cancel();
+    let _ = steps.await;
+    eprintln!("slipway build-engine: dockerd exited ({status})");
+    Ok(status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(1))
 }
 
 #[cfg(test)]

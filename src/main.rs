@@ -217,6 +217,14 @@ struct UpArgs {
         value_delimiter = ','
     )]
     build_allow_ranges: Vec<String>,
+    #[command(flatten)]
+    build_steps: BuildStepArgs,
+}
+
+/// What each BuildKit build step may use: for `slipway up`, and for the build engine of an
+/// in-cluster install.
+#[derive(Debug, Args)]
+pub(crate) struct BuildStepArgs {
     /// Memory of each BuildKit build step, swap included (`512m`, `1g`).
     #[arg(long, env = "SLIPWAY_BUILD_STEP_MEMORY", default_value = "1g", value_parser = parse_size_arg)]
     build_step_memory: u64,
@@ -226,6 +234,16 @@ struct UpArgs {
     /// CPUs of each BuildKit build step.
     #[arg(long, env = "SLIPWAY_BUILD_STEP_CPUS", default_value_t = slipway_hook::steps::StepLimits::default().cpus, value_parser = clap::value_parser!(u32).range(1..))]
     build_step_cpus: u32,
+}
+
+impl BuildStepArgs {
+    pub(crate) fn limits(&self) -> slipway_hook::steps::StepLimits {
+        slipway_hook::steps::StepLimits {
+            memory: self.build_step_memory,
+            pids: self.build_step_pids,
+            cpus: self.build_step_cpus,
+        }
+    }
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -358,7 +376,7 @@ fn main() -> ExitCode {
         Command::ConfigUnset(args) => return ops::admin("config:unset", args),
         Command::BuildEngine(args) => {
             return match engine::run(args) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(code),
                 Err(error) => {
                     eprintln!("error: {}", slipway_api::error_chain(error.as_ref()));
                     ExitCode::FAILURE
@@ -501,11 +519,7 @@ fn rollout_settings(args: &UpArgs) -> Rollout {
         router_limits: args.router_limits.limits(),
         build_egress: args.build_egress,
         build_allow_ranges: args.build_allow_ranges.clone(),
-        build_steps: slipway_hook::steps::StepLimits {
-            memory: args.build_step_memory,
-            pids: args.build_step_pids,
-            cpus: args.build_step_cpus,
-        },
+        build_steps: args.build_steps.limits(),
         settings: slipway_operator::single_host::Settings {
             hosts: slipway_operator::Hosts {
                 domain: args.domain.clone(),

@@ -288,18 +288,30 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
     let files = app_files("served from the cluster", &egress_steps());
     work_tree(&client, &work, &as_refs(&files));
     let mut pushed = None;
+    let mut attempts = vec![];
     eventually(
-        "the git server to take keys and pushes",
+        "the git server to take the new key and the push",
         Duration::from_secs(60),
         &logs,
         || {
             let output = client.git(&work, &["push", &remote, "main"]);
-            let ok = output.status.success();
+            let said = stderr(&output);
+            // Until the git server's key index has the new Customer (a watch event) the login
+            // fails; once the hook runs, its verdict stands.
+            let done = output.status.success() || said.contains("remote: slipway:");
+            if !done {
+                attempts.push(said);
+            }
             pushed = Some(output);
-            // The key index may not have the Customer for a moment; anything else fails below.
-            ok || !stderr(pushed.as_ref().expect("set")).contains("Permission denied")
+            done
         },
     );
+    if !attempts.is_empty() {
+        eprintln!(
+            "attempts before the git server took the push:\n{}",
+            attempts.join("\n---\n")
+        );
+    }
     let pushed = pushed.expect("pushed");
     let said = stderr(&pushed);
     assert!(pushed.status.success(), "push failed: {said}\n{}", logs());
@@ -466,8 +478,37 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
     );
     assert_eq!(get(&app).as_deref(), Some("served from the cluster"));
 
-    // 8. `kubectl delete -k` leaves nothing behind: the install's namespace, CRDs, cluster roles
-    //    and bindings, volumes, and the tenant's namespace (its Customer went with the CRD).
+    // A fork bomb in a build step is stopped at the step's process limit (64 here, from
+    // slipway-settings) with the limits hint, and the engine builds on.
+    let bomb = app_files(
+        "never served",
+        "RUN i=0; while [ $i -lt 300 ]; do sleep 30 & i=$((i+1)); done; wait\n",
+    );
+    commit(&client, &work, &as_refs(&bomb), "fork bomb");
+    let bombed = client.git(&work, &["push", &remote, "main"]);
+    let said = stderr(&bombed);
+    assert!(!bombed.status.success(), "a fork bomb built: {said}");
+    assert!(
+        said.contains("SLIPWAY_BUILD_STEP_MEMORY"),
+        "no limits hint: {said}\n{}",
+        logs()
+    );
+    assert_eq!(get(&app).as_deref(), Some("served from the cluster"));
+
+    // 8. Uninstall as deploy/README.md says: the Customers first, while the operator runs (their
+    //    namespaces go with them), then `kubectl delete -k`. Nothing is left: the install's
+    //    namespace, CRDs, cluster roles and bindings, volumes, the tenant's namespace.
+    cluster.ok(&["delete", "customers", "--all", "--timeout=120s"]);
+    eventually(
+        "the tenant's namespace to go with its Customer",
+        Duration::from_secs(120),
+        &logs,
+        || {
+            cluster
+                .jsonpath(&["namespace", namespace.trim()], "{.metadata.name}")
+                .is_empty()
+        },
+    );
     cluster.ok(&[
         "delete",
         "-k",

@@ -245,7 +245,7 @@ async fn build_all(
                     let hint = if build::pull_failed(&message, &tail) {
                         "a base image could not be pulled: check its name and tag; this server must reach its registry (public images need the internet)"
                     } else if steps::killed_in(&message, &tail) {
-                        "a step went over its memory or process limit; an operator can raise them with `slipway up --build-step-memory`/`--build-step-pids`"
+                        "a step went over its memory or process limit; an operator can raise them with `slipway up --build-step-memory`/`--build-step-pids` (on a cluster: SLIPWAY_BUILD_STEP_MEMORY/_PIDS in slipway-settings)"
                     } else if egress::refused_in(&tail) {
                         "builds reach the internet, not this server's network or private ranges; an operator can allow a range with `slipway up --build-allow-range CIDR` (on a cluster: SLIPWAY_BUILD_ALLOW_RANGES in slipway-settings)"
                     } else if plan.dockerfile.is_some() {
