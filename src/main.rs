@@ -152,6 +152,10 @@ struct OperatorArgs {
     /// The same registry as the nodes pull from (`HOST:PORT`); images are rewritten to it.
     #[arg(long, env = env::IMAGE_REGISTRY)]
     image_registry: Option<String>,
+    /// Docker client configuration (`config.json`) with the read-only credentials the nodes pull
+    /// apps' images with; each tenant namespace gets it as the Secret `slipway-image-pull`.
+    #[arg(long, env = "SLIPWAY_IMAGE_PULL_CONFIG")]
+    image_pull_config: Option<PathBuf>,
     /// Path a pod must answer (HTTP 200-399, as a Kubernetes readiness probe) before it takes traffic.
     #[arg(long, default_value = "/")]
     health_path: String,
@@ -800,6 +804,23 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     // A standby replica is ready too: it serves probes and takes over when the leader goes.
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let nonempty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    let image_pull_config = match &args.image_pull_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--image-pull-config {}", path.display()))?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .filter(|config| config.get("auths").is_some_and(serde_json::Value::is_object))
+                .with_context(|| {
+                    format!(
+                        "--image-pull-config {}: not a Docker client configuration (`{{\"auths\": {{...}}}}`)",
+                        path.display()
+                    )
+                })?;
+            Some(text)
+        }
+        None => None,
+    };
     let settings = kubernetes::Settings {
         hosts: slipway_operator::Hosts {
             domain: args.domain,
@@ -819,6 +840,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             args.lease_namespace.clone(),
             "slipway-git-server".to_owned(),
         ),
+        image_pull_config,
         ..Default::default()
     };
     let holder = nonempty(args.holder)

@@ -64,7 +64,16 @@ fn stdout(output: &Output) -> String {
 
 /// The HTTP status of `METHOD URL` from this host, with no credentials.
 fn status(method: &str, url: &str) -> String {
-    let output = Command::new("curl")
+    status_as(None, method, url)
+}
+
+/// The HTTP status of `METHOD URL` from this host, as `USER:PASSWORD` when given.
+fn status_as(user: Option<&str>, method: &str, url: &str) -> String {
+    let mut curl = Command::new("curl");
+    if let Some(user) = user {
+        curl.args(["-u", user]);
+    }
+    let output = curl
         .args([
             "-sS",
             "-o",
@@ -78,6 +87,38 @@ fn status(method: &str, url: &str) -> String {
         .output()
         .expect("curl");
     stdout(&output)
+}
+
+/// `USER:PASSWORD` of the Secret the operator put in the tenant's namespace for the kubelet.
+fn puller_credentials(cluster: &Cluster, namespace: &str) -> String {
+    let config = cluster.jsonpath(
+        &["-n", namespace, "secret", "slipway-image-pull"],
+        "{.data.\\.dockerconfigjson}",
+    );
+    let decode = |text: &str| {
+        let output = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(text.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("base64");
+        stdout(&output)
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&decode(config.trim())).expect("a Docker client configuration");
+    let auth = config["auths"]["localhost:30500"]["auth"]
+        .as_str()
+        .expect("credentials for localhost:30500");
+    decode(auth)
 }
 
 /// What a hostile tenant's pod tries, one line per attempt (`NAME: RESULT`): plain bash, no
@@ -99,6 +140,8 @@ connect() { # NAME HOST PORT
 http push-upload REGISTRY_HOST REGISTRY_PORT POST /v2/installed/blobs/uploads/
 http push-delete REGISTRY_HOST REGISTRY_PORT DELETE /v2/installed/manifests/DIGEST
 http push-catalog REGISTRY_HOST REGISTRY_PORT GET /v2/_catalog
+http pull-catalog REGISTRY_POD 5001 GET /v2/_catalog
+http pull-manifest REGISTRY_POD 5001 GET /v2/installed/manifests/DIGEST
 connect node-pull NODE 30500
 connect engine-2375 ENGINE 2375
 connect engine-2376 ENGINE 2376
@@ -379,24 +422,32 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
         status("DELETE", &format!("{push}/{NAME}/manifests/{digest}")),
         "401"
     );
+    // The pull port: reads only, and only with the `puller` credentials, which the operator
+    // copied into the tenant's namespace for the kubelet (the pod above pulled with them).
     let pull = "http://127.0.0.1:30500/v2";
-    assert_eq!(
-        status("GET", &format!("{pull}/{NAME}/manifests/{digest}")),
-        "200"
+    let manifest = format!("{pull}/{NAME}/manifests/{digest}");
+    assert_eq!(status("GET", &manifest), "401");
+    assert_eq!(status("GET", &format!("{pull}/_catalog")), "401");
+    let puller = puller_credentials(&cluster, namespace.trim());
+    assert!(
+        puller.starts_with("puller:"),
+        "the tenant's pull Secret: {puller}"
     );
+    assert_eq!(status_as(Some(&puller), "GET", &manifest), "200");
     for (method, path) in [
         ("POST", format!("{pull}/{NAME}/blobs/uploads/")),
-        ("DELETE", format!("{pull}/{NAME}/manifests/{digest}")),
+        ("DELETE", manifest.clone()),
     ] {
-        let code = status(method, &path);
+        let code = status_as(Some(&puller), method, &path);
         assert!(
             !code.starts_with('2'),
             "{method} {path} on the read-only port: {code}"
         );
     }
 
-    // 6. A tenant's pod: the push port refuses it, the nodes' pull port and the build engine are
-    //    not reachable at all.
+    // 6. A tenant's pod: both registry ports refuse it (the pull port also at the registry pod's
+    //    own address, which a network plugin without NetworkPolicy lets it reach), the NodePort
+    //    and the build engine are not reachable at all.
     let git_pod = cluster.jsonpath(
         &[
             "-n",
@@ -408,13 +459,24 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
         "{.items[0].metadata.name}",
     );
     let git_pod_ip = cluster.jsonpath(&["-n", SYSTEM, "pod", &git_pod], "{.status.podIP}");
+    let registry_pod_ip = cluster.jsonpath(
+        &[
+            "-n",
+            SYSTEM,
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=slipway-registry",
+        ],
+        "{.items[0].status.podIP}",
+    );
     let (registry_host, registry_port) = REGISTRY.split_once(':').expect("host:port");
     let script = PROBE
         .replace("REGISTRY_HOST", registry_host)
         .replace("REGISTRY_PORT", registry_port)
         .replace("DIGEST", &digest)
         .replace("NODE", NODE_FROM_PODS)
-        .replace("ENGINE", git_pod_ip.trim());
+        .replace("ENGINE", git_pod_ip.trim())
+        .replace("REGISTRY_POD", registry_pod_ip.trim());
     cluster.apply(&probe_pod(&namespace, &script));
     eventually(
         "the tenant's probe pod to finish",
@@ -433,6 +495,8 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
         ("push-upload", "401 Unauthorized"),
         ("push-delete", "401 Unauthorized"),
         ("push-catalog", "401 Unauthorized"),
+        ("pull-catalog", "401 Unauthorized"),
+        ("pull-manifest", "401 Unauthorized"),
         ("node-pull", "unreachable"),
         ("engine-2375", "unreachable"),
         ("engine-2376", "unreachable"),

@@ -11,9 +11,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec,
+    Lifecycle, LifecycleHandler, LocalObjectReference, Namespace, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile,
+    Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -108,6 +108,10 @@ pub struct Settings {
     pub requests: (String, String),
     /// CPU and memory limits of each app container.
     pub limits: (String, String),
+    /// Docker client configuration (`{"auths": ...}`) the nodes pull apps' images with: copied
+    /// into each tenant namespace as [`IMAGE_PULL_SECRET`] and named by every Deployment. None:
+    /// the registry serves pulls without credentials.
+    pub image_pull_config: Option<String>,
 }
 
 impl Default for Settings {
@@ -127,6 +131,7 @@ impl Default for Settings {
             quota: Quota::default(),
             requests: ("50m".into(), "64Mi".into()),
             limits: ("500m".into(), "512Mi".into()),
+            image_pull_config: None,
         }
     }
 }
@@ -275,6 +280,28 @@ pub fn logs_binding(namespace: &str, settings: &Settings) -> RoleBinding {
             namespace: Some(account_namespace.clone()),
             ..Default::default()
         }]),
+    }
+}
+
+/// The Secret in each tenant namespace that the nodes pull its apps' images with.
+pub const IMAGE_PULL_SECRET: &str = "slipway-image-pull";
+
+/// [`IMAGE_PULL_SECRET`] in `namespace`: the registry's read-only credentials. The apps cannot
+/// read it (they get no API access); the kubelet uses it for their pulls.
+pub fn image_pull_secret(namespace: &str, config: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(IMAGE_PULL_SECRET.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(&[])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            k8s_openapi::ByteString(config.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
     }
 }
 
@@ -494,6 +521,11 @@ pub fn deployment(
                     }),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    image_pull_secrets: settings.image_pull_config.as_ref().map(|_| {
+                        vec![LocalObjectReference {
+                            name: IMAGE_PULL_SECRET.into(),
+                        }]
+                    }),
                     ..Default::default()
                 }),
             },
@@ -684,6 +716,12 @@ pub(crate) mod tests {
                 out.push(
                     serde_json::to_value(network_policy(&namespace_name, settings)).expect("json"),
                 );
+                if let Some(config) = &settings.image_pull_config {
+                    out.push(
+                        serde_json::to_value(image_pull_secret(&namespace_name, config))
+                            .expect("json"),
+                    );
+                }
             }
             let name = webspace.metadata.name.as_deref().unwrap_or_default();
             let mut releases = vec![release("r1", name, "main", "Live")];
@@ -740,6 +778,11 @@ pub(crate) mod tests {
         );
         let settings = Settings {
             cluster_issuer: Some("letsencrypt".into()),
+            // The nodes pull with the registry's read-only credentials: a Secret in the
+            // namespace, named by the Deployments.
+            image_pull_config: Some(
+                r#"{"auths":{"localhost:30500":{"auth":"cHVsbGVyOnNlY3JldA=="}}}"#.into(),
+            ),
             ..settings()
         };
         insta::assert_yaml_snapshot!(objects(&[("alice", &blog)], &settings));

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment as KubeDeployment, DeploymentCondition};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, EventSource, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -524,7 +526,15 @@ async fn reconcile_inner(webspace: &Webspace, context: &Context) -> Result<Actio
                 &Api::<RoleBinding>::namespaced(client.clone(), &namespace),
                 &objects::logs_binding(&namespace, settings),
             )
-            .await
+            .await?;
+            if let Some(config) = &settings.image_pull_config {
+                apply(
+                    &Api::<Secret>::namespaced(client.clone(), &namespace),
+                    &objects::image_pull_secret(&namespace, config),
+                )
+                .await?;
+            }
+            Ok::<(), Error>(())
         };
         let done = problems.check(applied.await).is_some();
         if done {
