@@ -562,17 +562,15 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
     // 8. Uninstall as deploy/README.md says: the Customers first, while the operator runs (their
     //    namespaces go with them), then `kubectl delete -k`. Nothing is left: the install's
     //    namespace, CRDs, cluster roles and bindings, volumes, the tenant's namespace.
-    cluster.ok(&["delete", "customers", "--all", "--timeout=120s"]);
-    eventually(
-        "the tenant's namespace to go with its Customer",
-        Duration::from_secs(120),
-        &logs,
-        || {
-            cluster
-                .jsonpath(&["namespace", namespace.trim()], "{.metadata.name}")
-                .is_empty()
-        },
-    );
+    cluster.ok(&["delete", "customers", "--all"]);
+    cluster.ok(&[
+        "wait",
+        "--for=delete",
+        "namespace",
+        "-l",
+        "slipway.dev/customer",
+        "--timeout=120s",
+    ]);
     cluster.ok(&[
         "delete",
         "-k",
