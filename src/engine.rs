@@ -12,6 +12,8 @@
 //!   and subnet fixed here), so no `RUN` step ever runs without them: steps reach the internet and
 //!   the resolvers, never the cluster (API server, registry, other pods and Services), the node or
 //!   the metadata endpoint, unless a range is allowed with `--build-allow-range`;
+//! - no frame passes between two ports of that bridge (ebtables, then the ports' isolation flag):
+//!   the steps of concurrent builds cannot reach each other, ARP included;
 //! - then it starts `dockerd` and stays beside it: it gives every BuildKit step the limits of a
 //!   single host (`--build-step-memory`, `-pids`, `-cpus`, [`slipway_hook::steps`]; the engine
 //!   applies none to BuildKit's steps) and passes SIGTERM/SIGINT on to the engine, whose exit
@@ -123,6 +125,12 @@ pub fn run(args: EngineArgs) -> anyhow::Result<u8> {
         "cannot install the build egress rules (iptables in the pod's network namespace); \
          the engine was not started",
     )?;
+    // Every veth here is a port of the build bridge: none forwards to another, so one build's
+    // step cannot answer ARP for another's gateway.
+    slipway_hook::egress::isolate_veth_ports().context(
+        "cannot keep builds apart on the build bridge (ebtables in the pod's network namespace); \
+         the engine was not started",
+    )?;
     let limits = args.build_steps.limits();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -171,6 +179,10 @@ async fn supervise(
         limits,
         stop.clone(),
     ));
+    let isolation = tokio::spawn(slipway_hook::egress::isolate_ports(
+        BRIDGE.to_owned(),
+        stop.clone(),
+    ));
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let status = loop {
@@ -184,6 +196,7 @@ async fn supervise(
     };
     stop.cancel();
     let _ = steps.await;
+    let _ = isolation.await;
     eprintln!("slipway build-engine: dockerd exited ({status})");
     Ok(status
         .code()

@@ -713,6 +713,12 @@ async fn serve(args: ServerArgs, rollout: Option<Rollout>) -> anyhow::Result<()>
             rollout.build_steps,
             pushes_over.clone(),
         )));
+        if let Ok((bridge, _)) = default_bridge(&docker).await {
+            background.push(tokio::spawn(slipway_hook::egress::isolate_ports(
+                bridge,
+                pushes_over.clone(),
+            )));
+        }
         background.push(tokio::spawn(slipway_operator::router::run(
             http,
             table.clone(),

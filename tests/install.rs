@@ -512,6 +512,24 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
     }
     assert!(probed.contains("done"), "{probed}");
     // The engine listens on no TCP port in the pod: only the git server's SSH and probe ports.
+    // Frames between two ports of the build bridge are dropped: one build's step cannot answer
+    // ARP for another's gateway (tests/single_host.rs tries it with two containers).
+    let bridge_rules = cluster.ok(&[
+        "-n",
+        SYSTEM,
+        "exec",
+        &git_pod,
+        "-c",
+        "build-engine",
+        "--",
+        "ebtables",
+        "-L",
+        "FORWARD",
+    ]);
+    assert!(
+        bridge_rules.contains("-i veth+ -o veth+ -j DROP"),
+        "{bridge_rules}"
+    );
     assert_eq!(
         listening_ports(&cluster, &git_pod, "build-engine"),
         vec![2222, 9090]

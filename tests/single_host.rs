@@ -737,6 +737,55 @@ fn egress_page(host: &Host) -> String {
     page
 }
 
+/// `docker run --rm slipway-test/busybox ARGS` on the engine's default bridge, where builds'
+/// RUN steps run, with Docker's default capabilities (NET_RAW included, as steps have).
+fn on_build_bridge(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(["run", "--rm", "--label", "slipway-test=bridge"])
+        .arg("slipway-test/busybox:latest")
+        .args(args)
+        .output()
+        .expect("docker run")
+}
+
+#[test]
+fn steps_on_the_build_bridge_cannot_reach_each_other_even_by_arp() {
+    let _host = Host::new();
+    // A neighbour on the bridge, as another tenant's concurrent build step would be.
+    let neighbour = Command::new("docker")
+        .args(["run", "-d", "--label", "slipway-test=bridge"])
+        .args(["slipway-test/busybox:latest", "sleep", "60"])
+        .output()
+        .expect("docker run");
+    assert_ok(&neighbour);
+    let id = String::from_utf8_lossy(&neighbour.stdout).trim().to_owned();
+    let inspect = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}}",
+            &id,
+        ])
+        .output()
+        .expect("docker inspect");
+    let addresses = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    let (address, gateway) = addresses.split_once(' ').expect("address and gateway");
+    // The port's isolation is set within 20 ms of its creation.
+    std::thread::sleep(Duration::from_millis(200));
+    // The gateway (the bridge itself) answers ARP: the step keeps its way out.
+    let to_gateway = on_build_bridge(&["arping", "-c", "1", "-w", "3", "-I", "eth0", gateway]);
+    // The neighbour does not: neither ARP nor anything else crosses between two ports, so a
+    // step cannot answer for the gateway to another build, nor reach it.
+    let to_neighbour = on_build_bridge(&["arping", "-c", "2", "-w", "3", "-I", "eth0", address]);
+    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    assert_ok(&to_gateway);
+    assert!(
+        !to_neighbour.status.success(),
+        "a step reached its neighbour on the build bridge: {}",
+        String::from_utf8_lossy(&to_neighbour.stdout)
+    );
+}
+
 #[test]
 fn a_builds_run_steps_reach_neither_this_host_nor_private_networks() {
     let host = Host::new();

@@ -10,6 +10,8 @@
 //!   loopback, private (RFC 1918), shared (100.64/10), link-local (169.254/16: metadata),
 //!   multicast and reserved ranges are rejected; the internet passes.
 //! - `SLIPWAY-BUILD-HOST` (from `INPUT`): replies pass, anything else to the host is rejected.
+//! - the bridge's ports are isolated from each other ([`isolate_ports`]), so one build's step
+//!   cannot answer ARP for another's gateway.
 //!
 //! Rejected, not dropped: a build that tries gets "connection refused" at once instead of hanging
 //! until its timeout. `ADD <url>` is fetched by the engine itself, outside these rules: the
@@ -61,8 +63,17 @@ pub fn parse_range(text: &str) -> Result<String, EgressError> {
 }
 
 fn iptables(args: &[&str]) -> Result<bool, EgressError> {
-    let output = Command::new("iptables")
-        .arg("-w")
+    xtables("iptables", &["-w"], args)
+}
+
+/// `ebtables ARGS`, read like [`iptables`].
+fn ebtables(args: &[&str]) -> Result<bool, EgressError> {
+    xtables("ebtables", &["--concurrent"], args)
+}
+
+fn xtables(program: &str, lock: &[&str], args: &[&str]) -> Result<bool, EgressError> {
+    let output = Command::new(program)
+        .args(lock)
         .args(args)
         .output()
         .map_err(EgressError::Spawn)?;
@@ -72,7 +83,7 @@ fn iptables(args: &[&str]) -> Result<bool, EgressError> {
             Ok(ok)
         } else {
             Err(EgressError::Iptables {
-                args: args.join(" "),
+                args: format!("{program} {}", args.join(" ")),
                 stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             })
         }
@@ -248,6 +259,62 @@ pub fn install(
     jump(forward, interface, subnet, EGRESS)?;
     jump("INPUT", interface, subnet, HOST)?;
     Ok(())
+}
+
+/// Keeps every port of the build bridge `bridge` isolated (the kernel's bridge port flag: no
+/// frame passes between two isolated ports; each still reaches the bridge itself, the
+/// gateway), setting the flag on new ports within [`crate::steps::POLL`], until `shutdown`.
+///
+/// The steps of every build share the bridge, and Docker leaves them `NET_RAW`: a step that
+/// answers ARP for the gateway would receive, and could answer, another tenant's build traffic
+/// (its DNS and its downloads). The iptables rules see IP between ports, not ARP.
+pub async fn isolate_ports(bridge: String, shutdown: tokio_util::sync::CancellationToken) {
+    let ports = std::path::PathBuf::from(format!("/sys/class/net/{bridge}/brif"));
+    let mut warned = false;
+    let mut interval = tokio::time::interval(crate::steps::POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Ok(entries) = std::fs::read_dir(&ports) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // brif/PORT is the port's `brport` directory.
+            let flag = entry.path().join("isolated");
+            if std::fs::read_to_string(&flag).is_ok_and(|v| v.trim() == "1") {
+                continue;
+            }
+            if let Err(error) = std::fs::write(&flag, "1")
+                && !warned
+            {
+                warned = true;
+                tracing::warn!(%error, port = ?entry.file_name(), "cannot isolate a build bridge port: builds may reach each other's network traffic");
+            }
+        }
+    }
+}
+
+/// In a network namespace of the build engine's own, where every veth is a port of its build
+/// bridge: no frame is forwarded from one such port to another, from the first frame on (the
+/// static counterpart of [`isolate_ports`], which closes it within a poll).
+///
+/// # Errors
+/// When ebtables is missing or refuses.
+pub fn isolate_veth_ports() -> Result<(), EgressError> {
+    let rule = ["FORWARD", "-i", "veth+", "-o", "veth+", "-j", "DROP"];
+    let listed = Command::new("ebtables")
+        .args(["--concurrent", "-L", "FORWARD"])
+        .output()
+        .map_err(EgressError::Spawn)?;
+    if String::from_utf8_lossy(&listed.stdout).contains("-i veth+ -o veth+ -j DROP") {
+        return Ok(());
+    }
+    let mut add = vec!["-A"];
+    add.extend_from_slice(&rule);
+    ebtables(&add).map(|_| ())
 }
 
 /// The comment on installation `instance`'s allowed-range rules.

@@ -414,10 +414,12 @@ fn mount(
 /// `slipway/` tag, or an image ID. `None` when it may be used.
 pub fn foreign(reference: &str, owner: &Owner<'_>) -> Option<String> {
     let lower = reference.to_ascii_lowercase();
-    let hex = |s: &str| s.len() >= 12 && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    // The engine reads a bare all-hex name as a prefix of an image ID at any length (`FROM 37`
+    // is the image whose ID starts with 37, if only one does) before it tries it as a name.
+    let hex = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     if lower.starts_with("sha256:") || hex(&lower) {
         return Some(format!(
-            "`{reference}` names an image by its ID, which could be any tenant's"
+            "`{reference}` names an image by its ID (or a prefix of one), which could be any tenant's; a public image of that name needs a tag (`{reference}:latest`)"
         ));
     }
     let name = lower.split('@').next().unwrap_or(&lower);
@@ -647,6 +649,10 @@ mod tests {
             "SLIPWAY/Shop",
             "sha256:0123456789abcdef",
             "147a4d457065",
+            "37",
+            "3",
+            "377df45f93",
+            "DEADBEEF",
             "2130706433:5000/shop",
             "0x7f.1:5000/shop",
             "x.localhost:5000/shop",
@@ -664,6 +670,7 @@ mod tests {
             "node:22-slim",
             "ghcr.io/org/image:1",
             "slipway-test/busybox:latest",
+            "beef:latest",
             "library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
             assert_eq!(foreign(reference, &owner), None, "{reference}");
