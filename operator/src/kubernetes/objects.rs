@@ -108,6 +108,9 @@ pub struct Settings {
     pub requests: (String, String),
     /// CPU and memory limits of each app container.
     pub limits: (String, String),
+    /// Local disk each app container requests and may use (its writable layer and logs); past
+    /// the limit the kubelet evicts the pod, so one app cannot fill the node for every tenant.
+    pub ephemeral_storage: (String, String),
     /// Docker client configuration (`{"auths": ...}`) the nodes pull apps' images with: copied
     /// into each tenant namespace as [`IMAGE_PULL_SECRET`] and named by every Deployment. None:
     /// the registry serves pulls without credentials.
@@ -131,6 +134,7 @@ impl Default for Settings {
             quota: Quota::default(),
             requests: ("50m".into(), "64Mi".into()),
             limits: ("500m".into(), "512Mi".into()),
+            ephemeral_storage: ("64Mi".into(), "1Gi".into()),
             image_pull_config: None,
         }
     }
@@ -224,13 +228,18 @@ pub fn namespace(customer: &Customer) -> Namespace {
     }
 }
 
-/// The customer's quota: pods, CPU and memory, and no LoadBalancer or NodePort Services.
+/// The customer's quota: pods, CPU, memory and local disk, and no LoadBalancer or NodePort
+/// Services.
 pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
     let pods = settings.quota.pods;
     let total = |per_pod: &str| times(per_pod, pods).unwrap_or_else(|| per_pod.to_owned());
     let (requests_cpu, requests_memory) =
         (total(&settings.requests.0), total(&settings.requests.1));
     let (limits_cpu, limits_memory) = (total(&settings.limits.0), total(&settings.limits.1));
+    let (requests_disk, limits_disk) = (
+        total(&settings.ephemeral_storage.0),
+        total(&settings.ephemeral_storage.1),
+    );
     ResourceQuota {
         metadata: ObjectMeta {
             name: Some(QUOTA_NAME.into()),
@@ -245,6 +254,8 @@ pub fn quota(namespace: &str, settings: &Settings) -> ResourceQuota {
                 ("requests.memory", &requests_memory),
                 ("limits.cpu", &limits_cpu),
                 ("limits.memory", &limits_memory),
+                ("requests.ephemeral-storage", &requests_disk),
+                ("limits.ephemeral-storage", &limits_disk),
                 ("services.loadbalancers", "0"),
                 ("services.nodeports", "0"),
             ])),
@@ -446,10 +457,12 @@ pub fn deployment(
             requests: Some(quantities(&[
                 ("cpu", &settings.requests.0),
                 ("memory", &settings.requests.1),
+                ("ephemeral-storage", &settings.ephemeral_storage.0),
             ])),
             limits: Some(quantities(&[
                 ("cpu", &settings.limits.0),
                 ("memory", &settings.limits.1),
+                ("ephemeral-storage", &settings.ephemeral_storage.1),
             ])),
             ..Default::default()
         }),
@@ -828,6 +841,9 @@ pub(crate) mod tests {
         assert_eq!(get("limits.memory"), "8192Mi");
         assert_eq!(get("requests.cpu"), "800m");
         assert_eq!(get("requests.memory"), "1024Mi");
+        // Local disk too: one app cannot fill the node (16 pods × 1Gi at most).
+        assert_eq!(get("limits.ephemeral-storage"), "16Gi");
+        assert_eq!(get("requests.ephemeral-storage"), "1024Mi");
     }
 
     #[test]
