@@ -192,6 +192,18 @@ pub fn admin(verb: &str, args: AdminArgs) -> ExitCode {
         eprintln!("hint: `slipway get webspaces` lists them");
         return ExitCode::FAILURE;
     };
+    // A change of what runs waits for a push to the webspace, and a push for it, as an owner's
+    // command over SSH does (the git server holds the same lock file on this host).
+    let mutates = slipway_git_server::command::Verb::named(verb)
+        .is_some_and(slipway_git_server::command::Verb::mutates);
+    let _changing = if mutates && args.store == Backend::Directory {
+        match hold_changes(&args.data, &webspace) {
+            Some(held) => held,
+            None => return ExitCode::FAILURE,
+        }
+    } else {
+        None
+    };
     run(OpsArgs {
         data: args.data,
         customer,
@@ -200,6 +212,43 @@ pub fn admin(verb: &str, args: AdminArgs) -> ExitCode {
         health_timeout: args.health_timeout,
         words: std::iter::once(verb.to_owned()).chain(args.words).collect(),
     })
+}
+
+/// How long an administrator's command waits for a push to the webspace (a push's own wait).
+const CHANGES_WAIT: std::time::Duration = std::time::Duration::from_secs(1200);
+
+/// Takes `webspace`'s change lock on this host, waiting for a push that holds it: `Some(lock)`
+/// (`Some(None)` when the lock file cannot be made: going on without it, as the git server
+/// does), or `None` after telling why not.
+fn hold_changes(
+    data: &std::path::Path,
+    webspace: &str,
+) -> Option<Option<slipway_store::changes::Changing>> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match slipway_store::changes::try_hold(data, webspace) {
+            Ok(Some(held)) => return Some(Some(held)),
+            Ok(None) if started.elapsed() >= CHANGES_WAIT => {
+                eprintln!("error: a push to `{webspace}` is still running");
+                eprintln!("hint: run it again when the push has finished");
+                return None;
+            }
+            Ok(None) => {
+                if !told {
+                    eprintln!("waiting for a push to `{webspace}` to finish...");
+                    told = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(error) => {
+                eprintln!(
+                    "warning: cannot take `{webspace}`'s lock ({error}); going on without it"
+                );
+                return Some(None);
+            }
+        }
+    }
 }
 
 /// Runs one owner's command; the exit code says whether it worked.

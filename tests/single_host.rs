@@ -1615,6 +1615,36 @@ fn administrators_have_the_same_commands_on_the_data_directory() {
     );
     let other = slipway(&["get", "releases", "--webspace", "other"]);
     assert!(!String::from_utf8_lossy(&other.stdout).contains(&host.name));
+
+    // While a push to the webspace runs (it holds the webspace's lock on this host, as the git
+    // server does for each push), an administrator's change waits for it instead of racing it.
+    let push = slipway_store::changes::try_hold(&host.scratch.data(), &host.name)
+        .expect("lock")
+        .expect("no push is running");
+    let mut waiting = Command::new(common::SLIPWAY)
+        .arg("config:set")
+        .arg("--data")
+        .arg(host.scratch.data())
+        .args([host.name.as_str(), "GREETING=after"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("slipway");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiting.try_wait().expect("wait").is_none(),
+        "config:set went ahead during a push"
+    );
+    assert_eq!(host.get(&host.name), (200, "admin one\n".to_owned()));
+    drop(push);
+    let done = waiting.wait_with_output().expect("config:set");
+    assert_ok(&done);
+    assert!(
+        stderr(&done).contains("waiting for a push to"),
+        "{}",
+        stderr(&done)
+    );
+    assert_eq!(host.get(&host.name), (200, "after one\n".to_owned()));
 }
 
 #[test]

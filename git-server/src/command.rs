@@ -77,6 +77,14 @@ impl Verb {
         ("config:unset", Verb::ConfigUnset),
     ];
 
+    /// The verb called `name` on the command line.
+    pub fn named(name: &str) -> Option<Verb> {
+        Self::ALL
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, verb)| *verb)
+    }
+
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
         Self::ALL

@@ -137,11 +137,12 @@ pub async fn run<S: Store>(
     ));
     let ssh_config = Arc::new(ssh_config(key));
     let grace = config.shutdown_grace;
+    let locks = PushLocks::across_processes(config.data.clone());
     let shared = Arc::new(Shared {
         config,
         store,
         keys,
-        locks: PushLocks::default(),
+        locks,
         commands: TaskTracker::new(),
         stopping: shutdown.clone(),
         kill: CancellationToken::new(),

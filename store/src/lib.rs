@@ -2,6 +2,7 @@
 //! host, the Kubernetes API on a cluster.
 
 mod any;
+pub mod changes;
 pub mod config;
 mod directory;
 mod documents;
