@@ -698,7 +698,7 @@ async fn show_config(
 
 /// Applies `changes` (a value to set, or `None` to remove) to the webspace's config and gives
 /// every serving branch a new release with it; if one is refused, the config is put back and
-/// what serves stays as it was.
+/// the branches that already took it get a release with the old values again.
 async fn change_config(
     args: &OpsArgs,
     store: &AnyStore,
@@ -743,11 +743,24 @@ async fn change_config(
         eprintln!("slipway: config of `{name}` changed; nothing serves yet, the next push uses it");
         return Ok(());
     }
-    for release in &serving {
+    for (done, release) in serving.iter().enumerate() {
         if let Err(refusal) = redeploy(args, store, release, &cause).await {
             place.write(&before).await?;
+            // The branches that already took the new values go back to the old ones: a new
+            // release of what served them before, started with the config as it was.
+            let mut message = format!("{}; the config was put back as it was", refusal.message);
+            for earlier in &serving[..done] {
+                let branch = &earlier.spec.branch;
+                match redeploy(args, store, earlier, "config: put back").await {
+                    Ok(()) => message.push_str(&format!(", and `{branch}` runs with it again")),
+                    Err(again) => message.push_str(&format!(
+                        ", but `{branch}` still runs with the new values ({})",
+                        again.message
+                    )),
+                }
+            }
             return Err(Refusal::new(
-                format!("{}; the config was put back as it was", refusal.message),
+                message,
                 Some("the app must start with the new values; `logs` shows why it did not"),
             ));
         }

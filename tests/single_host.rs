@@ -1574,6 +1574,38 @@ fn config_values_reach_the_app_through_the_health_gate_and_stay_secret() {
 }
 
 #[test]
+fn a_config_change_one_branch_refuses_leaves_every_branch_on_the_old_values() {
+    let host = Host::new();
+    let app = host.scratch.path("app");
+    let ssh = |command: &str| host.alice.ssh(host.server(), &[], Some(command));
+    // Only the `feature` branch's code refuses to start with CRASH set.
+    let dockerfile = "FROM slipway-test/busybox:latest\nCOPY . /www\nCMD if [ -n \"$CRASH\" ] && [ \"$(cat /www/version)\" = feature ]; then echo no; exit 3; fi; echo \"${CRASH:-calm} $(cat /www/version)\" > /www/index.html; exec httpd -f -p \"$PORT\" -h /www\n";
+    work_tree(
+        &host.alice,
+        &app,
+        &[("Dockerfile", dockerfile), ("version", "feature")],
+    );
+    assert_ok(&host.push(&app, &["HEAD:feature"]));
+    // main pushed last: its release is the newest, so it takes the new values first.
+    commit(&host.alice, &app, &[("version", "main")], "main");
+    assert_ok(&host.push(&app, &["main"]));
+    let preview = format!("feature.{}", host.name);
+    assert_eq!(host.get(&host.name), (200, "calm main\n".to_owned()));
+    assert_eq!(host.get(&preview), (200, "calm feature\n".to_owned()));
+
+    let set = ssh(&format!("config:set {} CRASH=1", host.name));
+    assert!(!set.status.success(), "{}", stderr(&set));
+    let said = stderr(&set);
+    assert!(said.contains("the config was put back as it was"), "{said}");
+    assert!(said.contains("`main` runs with it again"), "{said}");
+    // Neither branch is left on values the config no longer holds.
+    assert_eq!(host.get(&host.name), (200, "calm main\n".to_owned()));
+    assert_eq!(host.get(&preview), (200, "calm feature\n".to_owned()));
+    let shown = String::from_utf8_lossy(&ssh(&format!("config {}", host.name)).stdout).into_owned();
+    assert!(!shown.contains("CRASH"), "{shown}");
+}
+
+#[test]
 fn administrators_have_the_same_commands_on_the_data_directory() {
     let host = Host::new();
     let app = host.scratch.path("app");
