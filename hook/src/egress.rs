@@ -263,20 +263,47 @@ pub fn install(
 
 /// Keeps every port of the build bridge `bridge` isolated (the kernel's bridge port flag: no
 /// frame passes between two isolated ports; each still reaches the bridge itself, the
-/// gateway), setting the flag on new ports within [`crate::steps::POLL`], until `shutdown`.
+/// gateway), setting the flag on a new port as soon as the kernel reports a link change, and
+/// at the latest within [`crate::steps::POLL`], until `shutdown`.
 ///
 /// The steps of every build share the bridge, and Docker leaves them `NET_RAW`: a step that
 /// answers ARP for the gateway would receive, and could answer, another tenant's build traffic
 /// (its DNS and its downloads). The iptables rules see IP between ports, not ARP.
 pub async fn isolate_ports(bridge: String, shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::io::AsyncBufReadExt;
     let ports = std::path::PathBuf::from(format!("/sys/class/net/{bridge}/brif"));
     let mut warned = false;
     let mut interval = tokio::time::interval(crate::steps::POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The kernel's link events (`ip monitor link`) wake the scan as soon as a port joins the
+    // bridge, well before the step's own process runs; the poll stays as the fallback.
+    // (Through `setpriv --pdeathsig`, so it dies with this process however this one ends.)
+    let mut monitor = tokio::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "ip", "-o", "monitor", "link"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok();
+    let mut events = monitor
+        .as_mut()
+        .and_then(|child| child.stdout.take())
+        .map(|out| tokio::io::BufReader::new(out).lines());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
+            line = async {
+                match events.as_mut() {
+                    Some(lines) => lines.next_line().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !matches!(line, Ok(Some(_))) {
+                    // The monitor ended: polling alone from now on.
+                    events = None;
+                }
+            }
         }
         let Ok(entries) = std::fs::read_dir(&ports) else {
             continue;
