@@ -132,13 +132,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<u8> {
          the engine was not started",
     )?;
     let limits = args.build_steps.limits();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(slipway_api::env::LOG)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    crate::init_tracing();
     eprintln!(
         "slipway build-engine: builds reach the internet only (rules on {BRIDGE} {BRIDGE_SUBNET}{}); \
          each build step gets {} MiB, {} processes, {} CPU(s); engine on unix://{}",

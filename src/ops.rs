@@ -198,8 +198,8 @@ pub fn admin(verb: &str, args: AdminArgs) -> ExitCode {
         .is_some_and(slipway_git_server::command::Verb::mutates);
     let _changing = if mutates && args.store == Backend::Directory {
         match hold_changes(&args.data, &webspace) {
-            Some(held) => held,
-            None => return ExitCode::FAILURE,
+            Ok(held) => held,
+            Err(()) => return ExitCode::FAILURE,
         }
     } else {
         None
@@ -217,22 +217,22 @@ pub fn admin(verb: &str, args: AdminArgs) -> ExitCode {
 /// How long an administrator's command waits for a push to the webspace (a push's own wait).
 const CHANGES_WAIT: std::time::Duration = std::time::Duration::from_secs(1200);
 
-/// Takes `webspace`'s change lock on this host, waiting for a push that holds it: `Some(lock)`
-/// (`Some(None)` when the lock file cannot be made: going on without it, as the git server
-/// does), or `None` after telling why not.
+/// Takes `webspace`'s change lock on this host, waiting for a push that holds it (`None` when
+/// the lock file cannot be made: going on without it, as the git server does); `Err` after
+/// telling why the wait ended.
 fn hold_changes(
     data: &std::path::Path,
     webspace: &str,
-) -> Option<Option<slipway_store::changes::Changing>> {
+) -> Result<Option<slipway_store::changes::Changing>, ()> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
         match slipway_store::changes::try_hold(data, webspace) {
-            Ok(Some(held)) => return Some(Some(held)),
+            Ok(Some(held)) => return Ok(Some(held)),
             Ok(None) if started.elapsed() >= CHANGES_WAIT => {
                 eprintln!("error: a push to `{webspace}` is still running");
                 eprintln!("hint: run it again when the push has finished");
-                return None;
+                return Err(());
             }
             Ok(None) => {
                 if !told {
@@ -245,7 +245,7 @@ fn hold_changes(
                 eprintln!(
                     "warning: cannot take `{webspace}`'s lock ({error}); going on without it"
                 );
-                return Some(None);
+                return Ok(None);
             }
         }
     }

@@ -89,36 +89,28 @@ fn status_as(user: Option<&str>, method: &str, url: &str) -> String {
     stdout(&output)
 }
 
-/// `USER:PASSWORD` of the Secret the operator put in the tenant's namespace for the kubelet.
-fn puller_credentials(cluster: &Cluster, namespace: &str) -> String {
-    let config = cluster.jsonpath(
-        &["-n", namespace, "secret", "slipway-image-pull"],
-        "{.data.\\.dockerconfigjson}",
-    );
-    let decode = |text: &str| {
-        let output = Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(text.as_bytes())?;
-                child.wait_with_output()
-            })
-            .expect("base64");
-        stdout(&output)
-    };
-    let config: serde_json::Value =
-        serde_json::from_str(&decode(config.trim())).expect("a Docker client configuration");
-    let auth = config["auths"]["localhost:30500"]["auth"]
-        .as_str()
+/// `USER:PASSWORD` of the Secret the operator put in the tenant's namespace for the kubelet,
+/// read as the hook reads registry credentials (`config.json`).
+fn puller_credentials(cluster: &Cluster, namespace: &str, scratch: &Scratch) -> String {
+    let config = cluster.ok(&[
+        "-n",
+        namespace,
+        "get",
+        "secret",
+        "slipway-image-pull",
+        "-o",
+        r#"go-template={{index .data ".dockerconfigjson" | base64decode}}"#,
+    ]);
+    let dir = scratch.path("pull-config");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("config.json"), config).expect("config.json");
+    let found = slipway_hook::credentials::for_registry(&dir, "localhost:30500")
         .expect("credentials for localhost:30500");
-    decode(auth)
+    format!(
+        "{}:{}",
+        found.username.unwrap_or_default(),
+        found.password.unwrap_or_default()
+    )
 }
 
 /// What a hostile tenant's pod tries, one line per attempt (`NAME: RESULT`): plain bash, no
@@ -428,7 +420,7 @@ fn the_in_cluster_install_serves_a_push_keeps_tenants_out_and_uninstalls_cleanly
     let manifest = format!("{pull}/{NAME}/manifests/{digest}");
     assert_eq!(status("GET", &manifest), "401");
     assert_eq!(status("GET", &format!("{pull}/_catalog")), "401");
-    let puller = puller_credentials(&cluster, namespace.trim());
+    let puller = puller_credentials(&cluster, namespace.trim(), &scratch);
     assert!(
         puller.starts_with("puller:"),
         "the tenant's pull Secret: {puller}"
